@@ -1,0 +1,400 @@
+//! The driver: the background task, one per layer application, that keeps the connection up.
+//!
+//! It runs connection *cycles*. Each cycle reports `AttemptingToConnect`, then makes attempts
+//! (arm the retry timer, discover the address, connect, all bounded by the connect timeout)
+//! until one succeeds, publishes the connection to every service clone, and serves until the
+//! connection ends; then it reports `Disconnected`, waits for the timer armed before the
+//! successful attempt (already expired if the connection lived longer than the delay), and
+//! starts the next cycle.
+//!
+//! # Shutdown
+//!
+//! The driver stops when [`Handle::close`](crate::Handle::close) is called, when the
+//! connection ends after [`Handle::close_after_current`](crate::Handle::close_after_current),
+//! or when every service clone and handle has been dropped (its command channel closes: there
+//! is nobody left to connect for). Whatever ends it, including the task being dropped with its
+//! runtime, its [`EndGuard`] closes the shared state, drops the shared copy of the connection
+//! and wakes every waiter, so no caller is left `Pending` forever.
+
+use std::{
+    any::Any,
+    convert::Infallible,
+    fmt,
+    future::{Future, poll_fn},
+    panic::AssertUnwindSafe,
+    time::Duration,
+};
+
+use futures_util::FutureExt as _;
+use tokio::{
+    sync::mpsc::UnboundedReceiver,
+    time::{Instant, sleep_until, timeout_at},
+};
+use tower_service::Service;
+use tracing::{debug, info, trace, warn};
+
+use crate::{
+    BoxError,
+    close::{CloseReason, CloseSignal},
+    discover::GetAddress,
+    error::ConnectError,
+    event::{Event, OnEvent},
+    retry::Backoff,
+    shared::{Phase, Shared, Word},
+    sync::Arc,
+};
+
+/// What service clones and handles tell the driver.
+pub(crate) enum Command {
+    /// A clone's `poll_ready` on the connection published as `word` failed.
+    Failed { word: Word, error: BoxError },
+    /// Stop now (the shared state is already closed by the sender).
+    Close,
+    /// Stop once the current connection ends; stop now if there is none.
+    CloseAfterCurrent,
+    /// Skip the rest of the current retry delay (or the next one, if an attempt is running).
+    ReconnectNow,
+}
+
+/// Why the driver stopped.
+#[derive(Debug)]
+enum Stop {
+    /// `close()` or `close_after_current()`.
+    Closed,
+    /// Every service clone and handle is gone.
+    Abandoned,
+}
+
+/// Everything one driver owns. `M` is the maker, `E` the event hook, `C` the close signal.
+pub(crate) struct Driver<A, M: Service<A>, E, C> {
+    pub(crate) shared: Arc<Shared<M::Response>>,
+    pub(crate) inbox: Inbox,
+    pub(crate) maker: M,
+    pub(crate) get_address: GetAddress<A>,
+    pub(crate) backoff: Backoff,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) on_event: std::sync::Arc<E>,
+    pub(crate) close_signal: std::sync::Arc<C>,
+    pub(crate) close_after_current: bool,
+    /// De-duplication state of the current cycle.
+    pub(crate) cycle: Cycle<A>,
+    /// Declared last so it runs after everything else the driver owns has been dropped.
+    pub(crate) _end: EndGuard<M::Response>,
+}
+
+/// The last address and error text reported in this cycle (events S5).
+pub(crate) struct Cycle<A> {
+    address: Option<A>,
+    error: Option<String>,
+}
+
+impl<A> Default for Cycle<A> {
+    fn default() -> Self {
+        Self {
+            address: None,
+            error: None,
+        }
+    }
+}
+
+/// How a served connection ended.
+enum Disconnect {
+    /// Its close signal fired.
+    Signal(CloseReason),
+    /// A service clone's `poll_ready` on it failed.
+    Failed(BoxError),
+}
+
+impl fmt::Display for Disconnect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Signal(reason) => fmt::Display::fmt(reason, f),
+            Self::Failed(error) => write!(f, "poll_ready failed: {error}"),
+        }
+    }
+}
+
+// === impl Driver ===
+
+impl<A, M, E, C> Driver<A, M, E, C>
+where
+    A: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
+    M: Service<A> + Send + 'static,
+    M::Response: Clone + Send + 'static,
+    M::Error: Into<BoxError>,
+    M::Future: Send + 'static,
+    E: OnEvent<A, M::Response>,
+    C: CloseSignal<M::Response>,
+{
+    /// Runs cycles until the driver stops.
+    pub(crate) async fn run(mut self) {
+        let Err(stop) = self.run_cycles().await;
+        debug!(
+            persistent_connection_to = %self.shared.server_name,
+            reason = ?stop,
+            "driver stopped",
+        );
+    }
+
+    async fn run_cycles(&mut self) -> Result<Infallible, Stop> {
+        loop {
+            // ## start of cycle => Connecting
+            //
+            // At start and after every disconnect: forget what this cycle has reported, so
+            // the first address and error of the new cycle are reported again.
+            self.cycle = Cycle::default();
+            self.shared.set_phase(Phase::Connecting);
+            self.emit(Event::AttemptingToConnect);
+
+            let (connection, retry_at) = self.connect_until_successful().await?;
+            self.serve_until_disconnected(connection).await?;
+
+            // ## Disconnected => (Closed | Waiting)
+            //
+            // The timer was armed before the attempt that made this connection: a connection
+            // that lived longer than the delay is replaced at once, a short-lived one waits
+            // out the rest, so a flapping server is not hammered.
+            if self.close_after_current {
+                return Err(Stop::Closed);
+            }
+            self.wait_until(retry_at).await?;
+        }
+    }
+
+    /// Attempts until one succeeds; returns the connection and the time its retry timer
+    /// expires.
+    async fn connect_until_successful(&mut self) -> Result<(M::Response, Instant), Stop> {
+        loop {
+            // ## Connecting => (Connected | Waiting)
+            //
+            // The retry timer is armed just before the attempt, so the time an attempt takes
+            // to fail counts toward the delay: a 3 s failure with a 10 s delay gives the next
+            // attempt at 10 s, not 13 s.
+            let retry_at = Instant::now() + self.backoff.next_delay(&self.shared.server_name);
+            self.shared.set_phase(Phase::Connecting);
+            match self.attempt().await? {
+                Ok(connection) => return Ok((connection, retry_at)),
+                Err(error) => {
+                    self.shared.finish_attempt(Some(error.clone()));
+                    self.emit(Event::FailedToConnect(error));
+                    // ## Waiting => Connecting
+                    self.wait_until(retry_at).await?;
+                }
+            }
+        }
+    }
+
+    /// One attempt: discover the address, then connect, within the connect timeout. Panics in
+    /// either are caught and become failures.
+    async fn attempt(&mut self) -> Result<Result<M::Response, ConnectError>, Stop> {
+        let deadline = Instant::now() + self.connect_timeout;
+        let timed_out = ConnectError::timeout(self.connect_timeout);
+
+        let discover = AssertUnwindSafe((self.get_address)()).catch_unwind();
+        let address = match self.inbox.race(timeout_at(deadline, discover)).await? {
+            Err(_elapsed) => return Ok(Err(timed_out)),
+            Ok(Err(panic)) => return Ok(Err(ConnectError::panic(&panic_message(&*panic)))),
+            Ok(Ok(Err(error))) => return Ok(Err(ConnectError::discovery(error))),
+            Ok(Ok(Ok(address))) => address,
+        };
+        self.emit(Event::ObtainedAddress(address.clone()));
+
+        let maker = &mut self.maker;
+        let connect = AssertUnwindSafe(async move {
+            poll_fn(|cx| maker.poll_ready(cx)).await?;
+            maker.call(address).await
+        })
+        .catch_unwind();
+        Ok(
+            match self.inbox.race(timeout_at(deadline, connect)).await? {
+                Err(_elapsed) => Err(timed_out),
+                Ok(Err(panic)) => Err(ConnectError::panic(&panic_message(&*panic))),
+                Ok(Ok(Err(error))) => Err(ConnectError::connect(error.into())),
+                Ok(Ok(Ok(connection))) => Ok(connection),
+            },
+        )
+    }
+
+    /// Publishes `connection` and waits until it ends.
+    async fn serve_until_disconnected(&mut self, connection: M::Response) -> Result<(), Stop> {
+        let closed = self.close_signal.closed(&connection);
+        let word = self
+            .shared
+            .publish(connection.clone())
+            .ok_or(Stop::Closed)?;
+        self.shared.set_phase(Phase::Connected);
+        self.shared.finish_attempt(None);
+        self.inbox.reconnect_now = false;
+        let connected_at = Instant::now();
+        // The driver keeps no copy: after this the connection lives in the shared state and
+        // in the service clones (and wherever the event hook put it).
+        self.emit(Event::Connected(connection));
+
+        // ## Connected => Disconnected
+        //
+        // Either the connection's close signal fires, or a clone reports that `poll_ready`
+        // on this very connection failed. Reports about older connections are stale and
+        // ignored: a slow clone must not tear down a fresh connection.
+        tokio::pin!(closed);
+        let disconnect = loop {
+            tokio::select! {
+                biased;
+                command = self.inbox.commands.recv() => match command {
+                    None => return Err(Stop::Abandoned),
+                    Some(Command::Close) => return Err(Stop::Closed),
+                    Some(Command::CloseAfterCurrent) => self.close_after_current = true,
+                    Some(Command::ReconnectNow) => {}
+                    Some(Command::Failed { word: failed, error }) if failed == word => {
+                        break Disconnect::Failed(error);
+                    }
+                    Some(Command::Failed { word: failed, .. }) => trace!(
+                        persistent_connection_to = %self.shared.server_name,
+                        stale = ?failed,
+                        current = ?word,
+                        "ignoring a failure report about an older connection",
+                    ),
+                },
+                reason = &mut closed => break Disconnect::Signal(reason),
+            }
+        };
+        drop(self.shared.withdraw(word));
+        info!(
+            persistent_connection_to = %self.shared.server_name,
+            reason = %disconnect,
+            connected_for = ?connected_at.elapsed(),
+            "disconnected",
+        );
+        self.emit(Event::Disconnected);
+        Ok(())
+    }
+
+    /// Waits until `at`, or less on `reconnect_now`. Always yields to the runtime first, so a
+    /// zero delay never starves other tasks.
+    async fn wait_until(&mut self, at: Instant) -> Result<(), Stop> {
+        self.shared.set_phase(Phase::Waiting(at));
+        tokio::task::yield_now().await;
+        self.inbox.sleep_until(at).await
+    }
+
+    /// Reports `event`: de-duplicates it within the cycle, logs it, and hands it to the hook.
+    fn emit(&mut self, event: Event<A, M::Response>) {
+        let name = &*self.shared.server_name;
+        match &event {
+            Event::AttemptingToConnect => {
+                debug!(persistent_connection_to = %name, "attempting to connect")
+            }
+            Event::ObtainedAddress(address) => {
+                if self.cycle.address.as_ref() == Some(address) {
+                    return;
+                }
+                self.cycle.address = Some(address.clone());
+                debug!(persistent_connection_to = %name, ?address, "obtained address");
+            }
+            Event::FailedToConnect(error) => {
+                let text = error.to_string();
+                if self.cycle.error.as_ref() == Some(&text) {
+                    return;
+                }
+                self.cycle.error = Some(text);
+                warn!(persistent_connection_to = %name, %error, kind = ?error.kind(), "failed to connect");
+            }
+            Event::Connected(_) => info!(persistent_connection_to = %name, "connected"),
+            // Logged with its reason where it happens.
+            Event::Disconnected => {}
+        }
+        let on_event = &self.on_event;
+        if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| on_event.on_event(&event)))
+        {
+            warn!(
+                persistent_connection_to = %name,
+                event = event.name(),
+                panic = %panic_message(&*panic),
+                "on_event panicked; the event is dropped and the driver carries on",
+            );
+        }
+    }
+}
+
+// === Inbox ===
+
+/// The driver's command channel, and what it remembers between commands.
+pub(crate) struct Inbox {
+    pub(crate) commands: UnboundedReceiver<Command>,
+    /// `reconnect_now` arrived while an attempt was running: skip the next wait.
+    pub(crate) reconnect_now: bool,
+}
+
+impl Inbox {
+    pub(crate) fn new(commands: UnboundedReceiver<Command>) -> Self {
+        Self {
+            commands,
+            reconnect_now: false,
+        }
+    }
+
+    /// Runs `future` (an attempt's step) to completion unless a command stops the driver
+    /// first; dropping the future cancels the attempt at once. Failure reports are stale here
+    /// (nothing is connected), and `reconnect_now` is remembered for the wait that follows.
+    async fn race<F: Future>(&mut self, future: F) -> Result<F::Output, Stop> {
+        tokio::pin!(future);
+        loop {
+            tokio::select! {
+                biased;
+                command = self.commands.recv() => match command {
+                    None => return Err(Stop::Abandoned),
+                    // Not connected: "after the current connection" is now.
+                    Some(Command::Close | Command::CloseAfterCurrent) => return Err(Stop::Closed),
+                    Some(Command::ReconnectNow) => self.reconnect_now = true,
+                    Some(Command::Failed { .. }) => {}
+                },
+                output = &mut future => return Ok(output),
+            }
+        }
+    }
+
+    /// Sleeps until `at`, unless `reconnect_now` arrives first (or arrived during the attempt
+    /// before) or a command stops the driver.
+    async fn sleep_until(&mut self, at: Instant) -> Result<(), Stop> {
+        if std::mem::take(&mut self.reconnect_now) {
+            return Ok(());
+        }
+        let sleep = sleep_until(at);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                biased;
+                command = self.commands.recv() => match command {
+                    None => return Err(Stop::Abandoned),
+                    Some(Command::Close | Command::CloseAfterCurrent) => return Err(Stop::Closed),
+                    Some(Command::ReconnectNow) => return Ok(()),
+                    Some(Command::Failed { .. }) => {}
+                },
+                () = &mut sleep => return Ok(()),
+            }
+        }
+    }
+}
+
+// === EndGuard ===
+
+/// Closes the shared state when the driver ends, however it ends.
+pub(crate) struct EndGuard<S>(pub(crate) Arc<Shared<S>>);
+
+impl<S> Drop for EndGuard<S> {
+    fn drop(&mut self) {
+        let (_, connection) = self.0.close();
+        drop(connection);
+        self.0.set_ended();
+    }
+}
+
+/// The text of a caught panic's payload.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
+}

@@ -1,0 +1,221 @@
+//! Error types: [`Closed`], [`ConnectError`] and [`InvalidJitter`].
+
+use std::{error::Error, fmt, sync::Arc, time::Duration};
+
+use crate::BoxError;
+
+// === Closed ===
+
+/// The error returned once the persistent connection has been closed.
+///
+/// `poll_ready` returns it after [`Handle::close`](crate::Handle::close) (or after the driver has
+/// ended for any other reason), and [`Handle::connected`](crate::Handle::connected) resolves to it.
+/// It is the only error `poll_ready` ever returns: while disconnected the service is `Pending`.
+///
+/// Layers such as `tower::buffer::Buffer` wrap the errors of the service below them; use
+/// [`Closed::find_in`] to look for it anywhere in an error's source chain.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct Closed {
+    _priv: (),
+}
+
+impl Closed {
+    pub(crate) const fn new() -> Self {
+        Self { _priv: () }
+    }
+
+    /// Finds a `Closed` in `error` or anywhere in its [`source`](Error::source) chain.
+    ///
+    /// ```
+    /// use persistent_connection::{BoxError, Closed};
+    /// # fn closed_error() -> BoxError { Box::new(std::io::Error::other(
+    /// #     persistent_connection::ConnectError::closed())) }
+    /// let err: BoxError = closed_error(); // e.g. from a `Buffer` above the layer
+    /// assert!(Closed::find_in(&*err).is_some());
+    /// ```
+    pub fn find_in<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a Self> {
+        let mut next = Some(error);
+        while let Some(error) = next {
+            if let Some(closed) = error.downcast_ref::<Self>() {
+                return Some(closed);
+            }
+            next = error.source();
+        }
+        None
+    }
+}
+
+impl fmt::Debug for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Closed")
+    }
+}
+
+impl fmt::Display for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("persistent connection closed")
+    }
+}
+
+impl Error for Closed {}
+
+// === ConnectError ===
+
+/// Where a connection attempt failed; see [`ConnectError::kind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConnectErrorKind {
+    /// The address source (`get_address`) returned an error.
+    Discovery,
+    /// The maker (its `poll_ready` or its response future) returned an error.
+    Connect,
+    /// Discovery plus connect took longer than the connect timeout.
+    Timeout,
+    /// The address source or the maker panicked.
+    Panic,
+    /// The persistent connection was closed, so no attempt will be made.
+    Closed,
+}
+
+/// Why one connection attempt failed.
+///
+/// Reported in [`Event::FailedToConnect`](crate::Event::FailedToConnect) and returned by
+/// [`Handle::connected_or_failed_to_connect`](crate::Handle::connected_or_failed_to_connect).
+/// Cloning is cheap: clones share the cause. Two errors are "the same" for de-duplication of
+/// events when their `Display` texts are equal.
+#[derive(Clone)]
+pub struct ConnectError {
+    kind: ConnectErrorKind,
+    inner: Inner,
+}
+
+#[derive(Clone)]
+enum Inner {
+    Cause(Arc<dyn Error + Send + Sync>),
+    Timeout(Duration),
+    Panic(Arc<str>),
+    Closed(Closed),
+}
+
+impl ConnectError {
+    pub(crate) fn discovery(cause: BoxError) -> Self {
+        Self {
+            kind: ConnectErrorKind::Discovery,
+            inner: Inner::Cause(Arc::from(cause)),
+        }
+    }
+
+    pub(crate) fn connect(cause: BoxError) -> Self {
+        Self {
+            kind: ConnectErrorKind::Connect,
+            inner: Inner::Cause(Arc::from(cause)),
+        }
+    }
+
+    pub(crate) fn timeout(after: Duration) -> Self {
+        Self {
+            kind: ConnectErrorKind::Timeout,
+            inner: Inner::Timeout(after),
+        }
+    }
+
+    pub(crate) fn panic(message: &str) -> Self {
+        Self {
+            kind: ConnectErrorKind::Panic,
+            inner: Inner::Panic(Arc::from(message)),
+        }
+    }
+
+    /// The error for "the persistent connection is closed": kind [`ConnectErrorKind::Closed`],
+    /// with [`Closed`] as its source.
+    pub fn closed() -> Self {
+        Self {
+            kind: ConnectErrorKind::Closed,
+            inner: Inner::Closed(Closed::new()),
+        }
+    }
+
+    /// Where the attempt failed.
+    pub fn kind(&self) -> ConnectErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.inner, self.kind) {
+            (Inner::Cause(cause), ConnectErrorKind::Discovery) => {
+                write!(f, "address discovery failed: {cause}")
+            }
+            (Inner::Cause(cause), _) => write!(f, "connect failed: {cause}"),
+            (Inner::Timeout(after), _) => write!(f, "connect attempt timed out after {after:?}"),
+            (Inner::Panic(message), _) => write!(f, "connect attempt panicked: {message}"),
+            (Inner::Closed(closed), _) => fmt::Display::fmt(closed, f),
+        }
+    }
+}
+
+impl fmt::Debug for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectError")
+            .field("kind", &self.kind)
+            .field("message", &format_args!("{self}"))
+            .finish()
+    }
+}
+
+impl Error for ConnectError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match &self.inner {
+            Inner::Cause(cause) => Some(&**cause),
+            Inner::Closed(closed) => Some(closed),
+            Inner::Timeout(_) | Inner::Panic(_) => None,
+        }
+    }
+}
+
+// === InvalidJitter ===
+
+/// A jitter fraction outside `[0, 1]` (or NaN), refused by
+/// [`PersistentConnectionLayer::try_jitter`](crate::PersistentConnectionLayer::try_jitter).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct InvalidJitter {
+    value: f64,
+}
+
+impl InvalidJitter {
+    /// Checks that `value` is a jitter fraction in `[0, 1]`.
+    pub(crate) fn check(value: f64) -> Result<f64, Self> {
+        if (0.0..=1.0).contains(&value) {
+            Ok(value)
+        } else {
+            Err(Self { value })
+        }
+    }
+}
+
+impl fmt::Display for InvalidJitter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid jitter {}: must be a fraction in [0, 1] (0.3 means ±30 %)",
+            self.value
+        )
+    }
+}
+
+impl Error for InvalidJitter {}
+
+// === NotReady ===
+
+/// `call` was made on a clone that holds no connection: `poll_ready` had not returned `Ready`.
+#[derive(Debug)]
+pub(crate) struct NotReady;
+
+impl fmt::Display for NotReady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("call without a connection: poll_ready must return Ready(Ok) before call")
+    }
+}
+
+impl Error for NotReady {}

@@ -1,0 +1,323 @@
+//! [`PersistentConnectionLayer`]: the configuration, and the [`Layer`] that starts a driver.
+
+use std::{
+    fmt,
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::mpsc;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::{
+    BoxError,
+    close::CloseSignal,
+    discover::{self, GetAddress},
+    driver::{Cycle, Driver, EndGuard, Inbox},
+    error::InvalidJitter,
+    event::OnEvent,
+    retry::{Backoff, DEFAULT_JITTER, DEFAULT_RETRY_DELAY, DelayFn},
+    service::PersistentConnection,
+    shared::Shared,
+};
+
+/// The default bound on discovery plus connect of one attempt: 20 s.
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Wraps a maker (a `Service<A>` whose response is the connection) in a
+/// [`PersistentConnection`] that keeps one connection up.
+///
+/// `A` is the address type, `E` the event hook ([`on_event`](Self::on_event)) and `C` the
+/// close signal ([`close_signal`](Self::close_signal)). Each application of the layer
+/// ([`Layer::layer`]) spawns one driver task on the current Tokio runtime, which connects at
+/// once.
+///
+/// # Example
+///
+/// ```
+/// use std::{convert::Infallible, time::Duration};
+/// use persistent_connection::{Event, PersistentConnectionLayer};
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), persistent_connection::BoxError> {
+/// // A maker: given an address, returns a connection (here, a trivial service).
+/// let maker = service_fn(|addr: &'static str| async move {
+///     Ok::<_, Infallible>(service_fn(move |req: String| async move {
+///         Ok::<_, Infallible>(format!("{addr} got {req}"))
+///     }))
+/// });
+/// let svc = ServiceBuilder::new()
+///     .layer(
+///         PersistentConnectionLayer::new(|| async { Ok::<_, Infallible>("replica-1") })
+///             .server_name("echo")
+///             .retry_delay(|| Duration::from_secs(1))
+///             .on_event(|event: &Event<_, _>| println!("{event:?}")),
+///     )
+///     .service(maker);
+/// let reply = svc.oneshot("hello".to_string()).await?;
+/// assert_eq!(reply, "replica-1 got hello");
+/// # Ok(()) }
+/// ```
+pub struct PersistentConnectionLayer<A, E = (), C = ()> {
+    get_address: GetAddress<A>,
+    server_name: Arc<str>,
+    retry_delay: DelayFn,
+    jitter: f64,
+    rng_seed: Option<u64>,
+    /// How many drivers this layer (and its clones) has started: each derives its own random
+    /// stream from the seed and its index.
+    drivers: Arc<AtomicU64>,
+    connect_timeout: Duration,
+    on_event: Arc<E>,
+    close_signal: Arc<C>,
+}
+
+impl<A: Send + 'static> PersistentConnectionLayer<A> {
+    /// A layer whose connections go to the address `get_address` returns; it is called before
+    /// **every** attempt, so a lookup in a catalog or DNS can move the client to another
+    /// replica when one dies. A failure of `get_address` is a failed attempt.
+    pub fn new<G, F, Err>(get_address: G) -> Self
+    where
+        G: Fn() -> F + Send + Sync + 'static,
+        F: Future<Output = Result<A, Err>> + Send + 'static,
+        Err: Into<BoxError>,
+    {
+        Self::from_source(discover::boxed(get_address))
+    }
+
+    /// A layer that always connects to `address`.
+    pub fn fixed_address(address: A) -> Self
+    where
+        A: Clone + Sync,
+    {
+        Self::new(move || std::future::ready(Ok::<_, std::convert::Infallible>(address.clone())))
+    }
+
+    /// A layer that connects to each of `addresses` in turn, one per attempt.
+    ///
+    /// # Panics
+    ///
+    /// If `addresses` is empty.
+    pub fn round_robin(addresses: impl IntoIterator<Item = A>) -> Self
+    where
+        A: Clone + Sync,
+    {
+        Self::from_source(discover::round_robin(addresses.into_iter().collect()))
+    }
+
+    fn from_source(get_address: GetAddress<A>) -> Self {
+        Self {
+            get_address,
+            server_name: Arc::from("unnamed"),
+            retry_delay: Arc::new(|| DEFAULT_RETRY_DELAY),
+            jitter: DEFAULT_JITTER,
+            rng_seed: None,
+            drivers: Arc::new(AtomicU64::new(0)),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            on_event: Arc::new(()),
+            close_signal: Arc::new(()),
+        }
+    }
+}
+
+impl<A, E, C> PersistentConnectionLayer<A, E, C> {
+    /// The server's name, for logs (the field `persistent_connection_to` of every log line)
+    /// and `Debug` output. Default is `"unnamed"`.
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Arc::from(name.into());
+        self
+    }
+
+    /// The delay between two connection attempts, called before every attempt (so it may
+    /// grow). The timer is armed just before each attempt: the time the attempt takes counts
+    /// toward the delay, and a connection that lived longer than the delay is replaced at once
+    /// when it ends. The value is randomized by [`jitter`](Self::jitter), and clamped to
+    /// [`MAX_RETRY_DELAY`](crate::MAX_RETRY_DELAY) (one warning per driver). A zero delay is
+    /// allowed; the driver still yields to the runtime between attempts.
+    ///
+    /// Default is a constant 10 seconds.
+    pub fn retry_delay(
+        mut self,
+        retry_delay: impl Fn() -> Duration + Send + Sync + 'static,
+    ) -> Self {
+        self.retry_delay = Arc::new(retry_delay);
+        self
+    }
+
+    /// Randomizes each retry delay uniformly within `[1 - jitter, 1 + jitter]` of itself, so
+    /// that many clients that lost their server at the same moment do not all come back at
+    /// the same moment. `0.0` turns randomization off.
+    ///
+    /// Default is `0.3` (±30 %).
+    ///
+    /// # Panics
+    ///
+    /// If `jitter` is outside `[0, 1]` or NaN. See [`try_jitter`](Self::try_jitter) for a
+    /// version that returns an error instead.
+    pub fn jitter(self, jitter: f64) -> Self {
+        match self.try_jitter(jitter) {
+            Ok(layer) => layer,
+            Err(error) => panic!("PersistentConnectionLayer::jitter: {error}"),
+        }
+    }
+
+    /// Like [`jitter`](Self::jitter), but returns an error for a value outside `[0, 1]`.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidJitter`] if `jitter` is outside `[0, 1]` or NaN.
+    pub fn try_jitter(mut self, jitter: f64) -> Result<Self, InvalidJitter> {
+        self.jitter = InvalidJitter::check(jitter)?;
+        Ok(self)
+    }
+
+    /// Seeds the random source of the jitter, for reproducible delays. Each driver this layer
+    /// starts derives its own stream from the seed and its index (first application, second,
+    /// ...), so endpoints built from one layer do not retry in lockstep, while two layers with
+    /// the same seed repeat the same delays.
+    ///
+    /// Default is a seed from the operating system.
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.rng_seed = Some(seed);
+        self
+    }
+
+    /// Bounds one attempt: address discovery plus connect. An attempt that takes longer fails
+    /// with a [`ConnectErrorKind::Timeout`](crate::ConnectErrorKind::Timeout) error.
+    ///
+    /// Default is 20 seconds.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is zero: every attempt would fail.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        assert!(
+            !timeout.is_zero(),
+            "PersistentConnectionLayer::connect_timeout: a zero timeout fails every attempt"
+        );
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Calls `on_event` with every [`Event`](crate::Event), in order, on the driver task.
+    ///
+    /// Annotate the closure's argument as `&Event<_, _>`: the connection type is only known
+    /// once the layer wraps a maker. A panic in `on_event` is caught and logged.
+    ///
+    /// Default is to report events only to the log (`tracing`).
+    pub fn on_event<F>(self, on_event: F) -> PersistentConnectionLayer<A, F, C> {
+        PersistentConnectionLayer {
+            get_address: self.get_address,
+            server_name: self.server_name,
+            retry_delay: self.retry_delay,
+            jitter: self.jitter,
+            rng_seed: self.rng_seed,
+            drivers: self.drivers,
+            connect_timeout: self.connect_timeout,
+            on_event: Arc::new(on_event),
+            close_signal: self.close_signal,
+        }
+    }
+
+    /// Tells the driver when a connection has closed by itself, so it reconnects without
+    /// waiting for a request to fail: `close_signal(&conn)` returns a future that resolves,
+    /// with a [`CloseReason`](crate::CloseReason), when `conn` has closed. See
+    /// [`CloseSignal`](crate::CloseSignal).
+    ///
+    /// Default is no signal: a connection ends only when its `poll_ready` fails.
+    pub fn close_signal<F>(self, close_signal: F) -> PersistentConnectionLayer<A, E, F> {
+        PersistentConnectionLayer {
+            get_address: self.get_address,
+            server_name: self.server_name,
+            retry_delay: self.retry_delay,
+            jitter: self.jitter,
+            rng_seed: self.rng_seed,
+            drivers: self.drivers,
+            connect_timeout: self.connect_timeout,
+            on_event: self.on_event,
+            close_signal: Arc::new(close_signal),
+        }
+    }
+}
+
+impl<A, E, C, M> Layer<M> for PersistentConnectionLayer<A, E, C>
+where
+    A: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
+    M: Service<A> + Send + 'static,
+    M::Response: Clone + Send + 'static,
+    M::Error: Into<BoxError>,
+    M::Future: Send + 'static,
+    E: OnEvent<A, M::Response>,
+    C: CloseSignal<M::Response>,
+{
+    type Service = PersistentConnection<M::Response>;
+
+    /// Spawns the driver for `maker` and returns the service.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a Tokio runtime: the driver is a Tokio task.
+    fn layer(&self, maker: M) -> Self::Service {
+        let runtime = tokio::runtime::Handle::try_current().unwrap_or_else(|_| {
+            panic!(
+                "PersistentConnectionLayer::layer must be called from within a Tokio runtime: \
+                 it spawns the task that keeps the connection alive"
+            )
+        });
+        let index = self.drivers.fetch_add(1, Ordering::Relaxed);
+        let shared = crate::sync::Arc::new(Shared::new(self.server_name.clone()));
+        let (commands, inbox) = mpsc::unbounded_channel();
+        let driver = Driver {
+            shared: shared.clone(),
+            inbox: Inbox::new(inbox),
+            maker,
+            get_address: self.get_address.clone(),
+            backoff: Backoff::new(
+                self.retry_delay.clone(),
+                self.jitter,
+                self.rng_seed.map(|seed| (seed, index)),
+            ),
+            connect_timeout: self.connect_timeout,
+            on_event: self.on_event.clone(),
+            close_signal: self.close_signal.clone(),
+            close_after_current: false,
+            cycle: Cycle::default(),
+            _end: EndGuard(shared.clone()),
+        };
+        runtime.spawn(driver.run());
+        PersistentConnection::new(shared, commands)
+    }
+}
+
+impl<A, E, C> Clone for PersistentConnectionLayer<A, E, C> {
+    fn clone(&self) -> Self {
+        Self {
+            get_address: self.get_address.clone(),
+            server_name: self.server_name.clone(),
+            retry_delay: self.retry_delay.clone(),
+            jitter: self.jitter,
+            rng_seed: self.rng_seed,
+            drivers: self.drivers.clone(),
+            connect_timeout: self.connect_timeout,
+            on_event: self.on_event.clone(),
+            close_signal: self.close_signal.clone(),
+        }
+    }
+}
+
+impl<A, E, C> fmt::Debug for PersistentConnectionLayer<A, E, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PersistentConnectionLayer")
+            .field("server_name", &self.server_name)
+            .field("jitter", &self.jitter)
+            .field("rng_seed", &self.rng_seed)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,251 @@
+//! [`PersistentConnection`]: the service, ready only while connected.
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use pin_project_lite::pin_project;
+use tokio::sync::mpsc::UnboundedSender;
+use tower_service::Service;
+
+use crate::{
+    BoxError,
+    driver::Command,
+    error::{Closed, NotReady},
+    handle::Handle,
+    shared::{Shared, WaiterSlot, Word},
+    sync::Arc,
+};
+
+/// A service that sends each request over the current connection, and is ready only while
+/// connected.
+///
+/// Made by [`PersistentConnectionLayer`](crate::PersistentConnectionLayer). `S` is the
+/// connection: the response of the wrapped maker. All clones share one connection and one
+/// driver task; each clone keeps its own copy of `S`, so that sending a request touches no
+/// shared state but one atomic load.
+///
+/// # Readiness and stale errors
+///
+/// - While not connected (connecting, or waiting to retry) `poll_ready` is `Pending`, and the
+///   task is woken when a connection arrives. It never returns a connect error: a failed
+///   attempt is reported through events, never to a request that did not cause it.
+/// - While connected, `poll_ready` is the connection's own `poll_ready`. If that fails, the
+///   connection is treated as dead: the driver is told, reports `Disconnected`, and
+///   reconnects, and `poll_ready` is `Pending` meanwhile.
+/// - `poll_ready` returns `Err` only once the connection is closed: the error is [`Closed`].
+/// - `call` always goes to the connection whose `poll_ready` returned `Ready`, even if a newer
+///   one has arrived since. If that connection has died, the request fails with its error.
+pub struct PersistentConnection<S> {
+    shared: Arc<Shared<S>>,
+    commands: UnboundedSender<Command>,
+    /// This clone's copy of the connection published as `word`.
+    connection: Option<S>,
+    /// The shared word when this clone last looked: while it is unchanged, `connection` is
+    /// current (or, if `None`, known dead to this clone).
+    word: Word,
+    waiter: WaiterSlot,
+}
+
+impl<S: Clone> PersistentConnection<S> {
+    pub(crate) fn new(shared: Arc<Shared<S>>, commands: UnboundedSender<Command>) -> Self {
+        Self {
+            shared,
+            commands,
+            connection: None,
+            word: Word::UNSEEN,
+            waiter: WaiterSlot::new(),
+        }
+    }
+
+    /// A handle to observe and control the connection (close it, wait for it, ...).
+    pub fn handle(&self) -> Handle<S> {
+        Handle::new(self.shared.clone(), self.commands.clone())
+    }
+
+    /// This clone's copy of the connection, if it holds one: the connection of its latest
+    /// `poll_ready` that returned `Ready`. See also [`Handle::current_connection`].
+    pub fn get_ref(&self) -> Option<&S> {
+        self.connection.as_ref()
+    }
+
+    /// This clone's copy of the connection, mutably.
+    pub fn get_mut(&mut self) -> Option<&mut S> {
+        self.connection.as_mut()
+    }
+
+    /// The slow path of `poll_ready`: the shared word has changed, or this clone's connection
+    /// is dead. Takes the new connection, or registers to be woken.
+    fn refresh(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        loop {
+            let word = self.shared.load();
+            if word.is_closed() {
+                self.connection = None;
+                self.word = word;
+                return Poll::Ready(Err(Closed::new().into()));
+            }
+            if word.is_connected() && word != self.word {
+                // A connection this clone has not tried yet.
+                let (current, connection) = self.shared.current();
+                if current != word {
+                    continue;
+                }
+                self.connection = connection;
+                self.word = word;
+                return Poll::Ready(Ok(()));
+            }
+            // Not connected, or connected to the connection this clone saw fail: drop any old
+            // copy and wait for the next change. The waker is stored before the word is read
+            // again, so a change in between is never missed.
+            self.connection = None;
+            self.word = word;
+            self.waiter.register(&self.shared, cx.waker());
+            if self.shared.load() == word {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl<S: Clone> Clone for PersistentConnection<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            commands: self.commands.clone(),
+            connection: self.connection.clone(),
+            word: self.word,
+            waiter: WaiterSlot::new(),
+        }
+    }
+}
+
+impl<S, Req> Service<Req> for PersistentConnection<S>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        loop {
+            // The hot path: one atomic load; while it matches, only our own copy is touched.
+            let word = self.shared.load();
+            if word == self.word {
+                if let Some(connection) = &mut self.connection {
+                    match connection.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
+                        Poll::Pending => {
+                            // Also wait on the shared state: a connection that registers no
+                            // waker (hyper's HTTP/2) must not hide a disconnect from us.
+                            self.waiter.register(&self.shared, cx.waker());
+                            if self.shared.load() == word {
+                                return Poll::Pending;
+                            }
+                            continue;
+                        }
+                        Poll::Ready(Err(error)) => {
+                            // This connection is dead. Tell the driver (it ignores the report
+                            // if it has moved on) and wait for the next one.
+                            self.connection = None;
+                            let _ = self.commands.send(Command::Failed {
+                                word,
+                                error: error.into(),
+                            });
+                        }
+                    }
+                }
+            }
+            ready!(self.refresh(cx))?;
+        }
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        match &mut self.connection {
+            Some(connection) => ResponseFuture::sent(connection.call(request)),
+            None => ResponseFuture::failed(NotReady.into()),
+        }
+    }
+}
+
+impl<S> Drop for PersistentConnection<S> {
+    fn drop(&mut self) {
+        self.waiter.release(&self.shared);
+    }
+}
+
+impl<S> fmt::Debug for PersistentConnection<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PersistentConnection")
+            .field("server_name", &self.shared.server_name)
+            .field("state", &self.shared.load())
+            .field("has_connection", &self.connection.is_some())
+            .finish()
+    }
+}
+
+// === ResponseFuture ===
+
+pin_project! {
+    /// The response future of [`PersistentConnection`]: the connection's own future, with its
+    /// error boxed.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Sent { #[pin] future: F },
+        Failed { error: Option<BoxError> },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    fn sent(future: F) -> Self {
+        Self {
+            kind: Kind::Sent { future },
+        }
+    }
+
+    fn failed(error: BoxError) -> Self {
+        Self {
+            kind: Kind::Failed { error: Some(error) },
+        }
+    }
+}
+
+impl<F, T, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Sent { future } => future.poll(cx).map_err(Into::into),
+            KindProj::Failed { error } => Poll::Ready(Err(error
+                .take()
+                .expect("ResponseFuture polled after completion"))),
+        }
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            Kind::Sent { .. } => "Sent",
+            Kind::Failed { .. } => "Failed",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("kind", &kind)
+            .finish()
+    }
+}
