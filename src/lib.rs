@@ -1,4 +1,132 @@
 //! A tower middleware that keeps a client's connection to a server alive.
+//!
+//! [`PersistentConnectionLayer`] wraps any maker (a [`Service`] from an address to a
+//! connection, tower's `MakeService`) into a [`PersistentConnection`]: a service that is ready
+//! only while connected. Behind it a driver task keeps one connection up:
+//!
+//! - it connects **eagerly**, as soon as the layer is applied, and again as soon as a
+//!   connection is lost;
+//! - it **discovers the address before every attempt** (`get_address`), so a lookup in a
+//!   catalog or DNS moves the client to another replica when one dies;
+//! - it waits a **randomized delay** between failed attempts (default 10 s ± 30 %), with the
+//!   timer armed just before each attempt, so a connection that lived longer than the delay is
+//!   replaced at once when it dies;
+//! - it reports every step as an [`Event`] and to the log.
+//!
+//! The semantics are those of Jane Street's `Persistent_connection`, with a few deliberate
+//! improvements (closing cancels an attempt in flight; waiters get [`Closed`] instead of
+//! waiting forever).
+//!
+//! # Example
+//!
+//! ```
+//! use std::{convert::Infallible, time::Duration};
+//! use persistent_connection::{BoxError, Event, PersistentConnectionLayer};
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! // The maker: turns an address into a connection, itself a `Service`. In real use, this
+//! // dials TCP and performs a handshake; here every connection echoes.
+//! let maker = service_fn(|addr: String| async move {
+//!     let connection = service_fn(move |request: String| {
+//!         let addr = addr.clone();
+//!         async move { Ok::<_, Infallible>(format!("{addr} echoes {request}")) }
+//!     });
+//!     Ok::<_, Infallible>(connection)
+//! });
+//!
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(
+//!         // Called before every attempt: look the server up here.
+//!         PersistentConnectionLayer::new(|| async { Ok::<_, Infallible>("10.0.0.7:80".to_string()) })
+//!             .server_name("echo")
+//!             .retry_delay(|| Duration::from_secs(2))
+//!             .on_event(|event: &Event<_, _>| println!("echo: {event:?}")),
+//!     )
+//!     .service(maker);
+//!
+//! // Waits until connected, then sends.
+//! let reply = svc.ready().await?.call("hello".to_string()).await?;
+//! assert_eq!(reply, "10.0.0.7:80 echoes hello");
+//!
+//! // Stops the driver and drops the connection.
+//! svc.handle().close().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Events
+//!
+//! Per connection cycle (at start, and after each disconnect) the [`Event`]s come in this
+//! order: `AttemptingToConnect` once; then per attempt `ObtainedAddress(addr)` and either
+//! `FailedToConnect(err)` (then the delay, then the next attempt of the same cycle) or
+//! `Connected(conn)`; later `Disconnected`, and a new cycle begins. Within a cycle, an address
+//! or an error (compared by its text) equal to the previous one is not reported again. The
+//! hook runs on the driver task, in order; `Disconnected` always follows the `Connected` hook's
+//! return. Every event is also logged with `tracing`, with the field
+//! `persistent_connection_to` set to the [server name](PersistentConnectionLayer::server_name):
+//! `FailedToConnect` at `WARN`, `Connected` and `Disconnected` at `INFO`, the others at
+//! `DEBUG`.
+//!
+//! # Readiness: why `Pending`, never a stale error
+//!
+//! `poll_ready` is `Pending` while there is no connection, `Ready(Ok)` while connected and the
+//! connection is ready, and `Err(`[`Closed`]`)` only after close. A failed connect attempt is
+//! never handed to a request: the request did not cause it, and a later attempt may well
+//! succeed before the request needs a connection. (`tower::reconnect` returns `Ready` after a
+//! failed connect and gives the stored error to the next `call`, even after a newer attempt
+//! succeeded; tonic inherits that.) Keeping `Pending` lets layers above do the right thing:
+//! a balancer routes around a down endpoint and never evicts it, a `Buffer` queues requests
+//! instead of being poisoned, `LoadShed` fails fast. If the connection's own `poll_ready`
+//! fails, that connection is over: the driver is told, reports `Disconnected`, reconnects, and
+//! `poll_ready` is `Pending` meanwhile.
+//!
+//! Each clone of the service keeps its own copy of the connection. `call` goes to the copy
+//! whose `poll_ready` returned `Ready`, even if a newer connection has arrived since: a request
+//! is never moved to a connection nobody checked.
+//!
+//! # Noticing a closed connection
+//!
+//! A connection's `poll_ready` error always ends it. Many connections do not report anything
+//! while idle, though (hyper's HTTP/2 `SendRequest` does not), so the layer also takes an
+//! optional [close signal](PersistentConnectionLayer::close_signal): a future per connection
+//! that resolves when it has closed, with the [`CloseReason`]. With it, the driver reconnects
+//! before the next request needs the connection.
+//!
+//! # Closing
+//!
+//! [`Handle::close`] stops reconnecting, cancels an attempt in flight at once, drops the shared
+//! copy of the connection, and returns a future that resolves when the driver task has ended.
+//! Every service clone then returns [`Closed`] from `poll_ready` (and drops its copy);
+//! requests already sent finish or fail on their own. The driver also ends by itself when
+//! every service clone and handle has been dropped; and if its runtime shuts down, everyone
+//! waiting gets [`Closed`] rather than waiting forever.
+//!
+//! # Composition
+//!
+//! - **Wait for a connection** (the default): a request waits in `poll_ready` while
+//!   disconnected.
+//! - **Fail fast while down**: put `LoadShed` above the layer; it answers `Overloaded` at once
+//!   while there is no connection.
+//! - **Bound the wait**: put `Timeout` above a `Buffer` above the layer, or wrap the wait
+//!   yourself: `tokio::time::timeout(d, svc.ready())`. (`Timeout` directly above the layer
+//!   does not bound it: its clock starts in `call`.)
+//! - **Share one connection among tasks**: clone the service (all clones share one connection
+//!   and one driver), or put a `Buffer` above it.
+//! - **Balance over replicas**: one layer per endpoint under `tower::balance::p2c::Balance`; a
+//!   down endpoint is `Pending`, so the balancer routes around it and picks it up again when
+//!   it reconnects. Never put a `Buffer` between the balancer and its endpoints: readiness
+//!   would become invisible.
+//!
+//! A `Buffer` wraps the errors of the service below it; [`Closed::find_in`] finds `Closed` in
+//! the source chain.
+//!
+//! # Supported Rust versions
+//!
+//! The minimum supported Rust version is 1.85 (the first with edition 2024). It may be raised
+//! in a minor release, never in a patch release.
+//!
+//! [`Service`]: tower_service::Service
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
 
