@@ -176,32 +176,23 @@ impl<S> fmt::Debug for Handle<S> {
 
 /// Resolves with the first `Some` that `check` returns, re-checking after every change of the
 /// shared state.
-fn wait<S, T>(
-    shared: Arc<Shared<S>>,
-    mut check: impl FnMut() -> Option<T> + Send + 'static,
-) -> impl Future<Output = T> + Send + 'static
-where
-    S: Clone + Send + 'static,
-    T: Send + 'static,
-{
-    async move {
-        let mut waiter = Waiter {
-            shared,
-            slot: WaiterSlot::new(),
-        };
-        poll_fn(|cx| {
-            if let Some(value) = check() {
-                return Poll::Ready(value);
-            }
-            // Store the waker, then look again: a change in between is not missed.
-            waiter.slot.register(&waiter.shared, cx.waker());
-            match check() {
-                Some(value) => Poll::Ready(value),
-                None => Poll::Pending,
-            }
-        })
-        .await
-    }
+async fn wait<S, T>(shared: Arc<Shared<S>>, mut check: impl FnMut() -> Option<T>) -> T {
+    let mut waiter = Waiter {
+        shared,
+        slot: WaiterSlot::new(),
+    };
+    poll_fn(|cx| {
+        if let Some(value) = check() {
+            return Poll::Ready(value);
+        }
+        // Store the waker, then look again: a change in between is not missed.
+        waiter.slot.register(&waiter.shared, cx.waker());
+        match check() {
+            Some(value) => Poll::Ready(value),
+            None => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// A handle future's waiter slot, freed when the future is dropped.
