@@ -97,6 +97,12 @@ impl<A> Default for Cycle<A> {
     }
 }
 
+/// A new connection and the future of its close signal (a panic in it is caught).
+pub(crate) struct Connection<S, C: CloseSignal<S>> {
+    service: S,
+    closed: futures_util::future::CatchUnwind<AssertUnwindSafe<C::Future>>,
+}
+
 /// How a served connection ended.
 enum Disconnect {
     /// Its close signal fired.
@@ -161,9 +167,11 @@ where
         }
     }
 
-    /// Attempts until one succeeds; returns the connection and the time its retry timer
-    /// expires.
-    async fn connect_until_successful(&mut self) -> Result<(M::Response, Instant), Stop> {
+    /// Attempts until one succeeds; returns the connection with its close signal, and the
+    /// time its retry timer expires.
+    async fn connect_until_successful(
+        &mut self,
+    ) -> Result<(Connection<M::Response, C>, Instant), Stop> {
         loop {
             // ## Connecting => (Connected | Waiting)
             //
@@ -184,9 +192,10 @@ where
         }
     }
 
-    /// One attempt: discover the address, then connect, within the connect timeout. Panics in
-    /// either are caught and become failures.
-    async fn attempt(&mut self) -> Result<Result<M::Response, ConnectError>, Stop> {
+    /// One attempt: discover the address, then connect, within the connect timeout, then ask
+    /// for the connection's close signal. A panic in any of these user code paths is caught
+    /// and becomes a failed attempt.
+    async fn attempt(&mut self) -> Result<Result<Connection<M::Response, C>, ConnectError>, Stop> {
         let deadline = Instant::now() + self.connect_timeout;
         let timed_out = ConnectError::timeout(self.connect_timeout);
 
@@ -205,19 +214,34 @@ where
             maker.call(address).await
         })
         .catch_unwind();
-        Ok(
-            match self.inbox.race(timeout_at(deadline, connect)).await? {
-                Err(_elapsed) => Err(timed_out),
-                Ok(Err(panic)) => Err(ConnectError::panic(&panic_message(&*panic))),
-                Ok(Ok(Err(error))) => Err(ConnectError::connect(error.into())),
-                Ok(Ok(Ok(connection))) => Ok(connection),
-            },
-        )
+        let connection = match self.inbox.race(timeout_at(deadline, connect)).await? {
+            Err(_elapsed) => return Ok(Err(timed_out)),
+            Ok(Err(panic)) => return Ok(Err(ConnectError::panic(&panic_message(&*panic)))),
+            Ok(Ok(Err(error))) => return Ok(Err(ConnectError::connect(error.into()))),
+            Ok(Ok(Ok(connection))) => connection,
+        };
+
+        let close_signal = &self.close_signal;
+        let closed =
+            std::panic::catch_unwind(AssertUnwindSafe(|| close_signal.closed(&connection)));
+        Ok(match closed {
+            Ok(closed) => Ok(Connection {
+                service: connection,
+                closed: AssertUnwindSafe(closed).catch_unwind(),
+            }),
+            Err(panic) => Err(ConnectError::panic(&panic_message(&*panic))),
+        })
     }
 
     /// Publishes `connection` and waits until it ends.
-    async fn serve_until_disconnected(&mut self, connection: M::Response) -> Result<(), Stop> {
-        let closed = self.close_signal.closed(&connection);
+    async fn serve_until_disconnected(
+        &mut self,
+        connection: Connection<M::Response, C>,
+    ) -> Result<(), Stop> {
+        let Connection {
+            service: connection,
+            closed,
+        } = connection;
         let word = self
             .shared
             .publish(connection.clone())
@@ -254,7 +278,11 @@ where
                         "ignoring a failure report about an older connection",
                     ),
                 },
-                reason = &mut closed => break Disconnect::Signal(reason),
+                reason = &mut closed => break Disconnect::Signal(reason.unwrap_or_else(|panic| {
+                    CloseReason::Error(
+                        format!("close signal panicked: {}", panic_message(&*panic)).into(),
+                    )
+                })),
             }
         };
         drop(self.shared.withdraw(word));

@@ -1,0 +1,164 @@
+//! The close signal (DESIGN.md S12): a connection that closes by itself is noticed without any
+//! request, and panics in the user's close-signal code never kill the driver.
+
+mod support;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use persistent_connection::{CloseReason, PersistentConnectionLayer};
+use support::{Conn, Events, Maker, secs, settle};
+use tower::Layer;
+
+/// With a close signal, a killed idle connection is noticed at once, with no request sent and
+/// no `poll_ready`: `Disconnected` is reported and a new connection is made right away (it
+/// lived longer than the delay).
+#[tokio::test(start_paused = true)]
+async fn closed_connection_is_noticed_without_a_request() {
+    let maker = Maker::always_connect();
+    let events = Events::new();
+    let svc = PersistentConnectionLayer::fixed_address("a")
+        .jitter(0.0)
+        .on_event(events.hook())
+        .close_signal(|conn: &Conn| conn.closed())
+        .layer(maker.clone());
+    let handle = svc.handle();
+    handle.connected().await.unwrap();
+
+    tokio::time::sleep(secs(60)).await;
+    let polls_before = maker.conn(0).polls();
+    maker.conn(0).kill();
+    settle().await;
+
+    assert_eq!(
+        events
+            .timed()
+            .iter()
+            .map(|(t, e)| (t.as_secs(), e.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (0, "Attempting"),
+            (0, "Address(a)"),
+            (0, "Connected(0)"),
+            (60, "Disconnected"),
+            (60, "Attempting"),
+            (60, "Address(a)"),
+            (60, "Connected(1)"),
+        ]
+    );
+    assert_eq!(maker.conn(1).polls(), 0, "nobody polled the new connection");
+    assert_eq!(polls_before, 0, "nobody polled the old connection either");
+    drop(svc);
+}
+
+/// Without a close signal, an idle killed connection is only noticed when a clone polls it:
+/// this is what the signal adds.
+#[tokio::test(start_paused = true)]
+async fn without_a_close_signal_an_idle_dead_connection_is_noticed_on_poll() {
+    let maker = Maker::always_connect();
+    let events = Events::new();
+    let mut svc = PersistentConnectionLayer::fixed_address("a")
+        .jitter(0.0)
+        .on_event(events.hook())
+        .layer(maker.clone());
+    svc.handle().connected().await.unwrap();
+    maker.conn(0).kill();
+    tokio::time::sleep(secs(60)).await;
+    assert!(!events.names().contains(&"Disconnected".to_string()));
+
+    let reply = tower::ServiceExt::oneshot(&mut svc, "x".to_string())
+        .await
+        .unwrap();
+    assert_eq!(reply, "1:x");
+    assert!(events.names().contains(&"Disconnected".to_string()));
+}
+
+/// A panic in the close-signal closure is a failed attempt of kind Panic; the driver carries
+/// on and connects once the closure stops panicking.
+#[tokio::test(start_paused = true)]
+async fn panic_in_close_signal_is_a_failed_attempt() {
+    let maker = Maker::always_connect();
+    let events = Events::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = PersistentConnectionLayer::fixed_address("a")
+        .jitter(0.0)
+        .retry_delay(|| secs(1))
+        .on_event(events.hook())
+        .close_signal({
+            let calls = calls.clone();
+            move |conn: &Conn| {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    panic!("close signal exploded");
+                }
+                conn.closed()
+            }
+        })
+        .layer(maker.clone());
+    let conn = svc.handle().connected().await.unwrap();
+    assert_eq!(conn.id(), 1);
+    assert_eq!(
+        events.names(),
+        [
+            "Attempting",
+            "Address(a)",
+            "Failed(connect attempt panicked: close signal exploded)",
+            "Connected(1)",
+        ]
+    );
+    assert_eq!(maker.attempt_times(), [Duration::ZERO, secs(1)]);
+    // The connection whose signal panicked was dropped.
+    assert!(std::panic::catch_unwind(|| maker.conn(0)).is_err());
+}
+
+/// A panic inside the close-signal future ends that connection (as an error close) and the
+/// driver reconnects.
+#[tokio::test(start_paused = true)]
+async fn panic_in_close_signal_future_disconnects_and_reconnects() {
+    let maker = Maker::always_connect();
+    let events = Events::new();
+    let svc = PersistentConnectionLayer::fixed_address("a")
+        .jitter(0.0)
+        .retry_delay(|| secs(1))
+        .on_event(events.hook())
+        .close_signal(|conn: &Conn| {
+            let first = conn.id() == 0;
+            let closed = conn.closed();
+            async move {
+                if first {
+                    tokio::time::sleep(secs(5)).await;
+                    panic!("close future exploded");
+                }
+                closed.await
+            }
+        })
+        .layer(maker.clone());
+    svc.handle().connected().await.unwrap();
+    tokio::time::sleep(secs(6)).await;
+    assert_eq!(
+        events.names(),
+        [
+            "Attempting",
+            "Address(a)",
+            "Connected(0)",
+            "Disconnected",
+            "Attempting",
+            "Address(a)",
+            "Connected(1)",
+        ]
+    );
+    assert_eq!(svc.handle().current_connection().unwrap().id(), 1);
+}
+
+/// `CloseReason` tells graceful from error closes.
+#[test]
+fn close_reason_says_whether_the_close_was_graceful() {
+    assert!(CloseReason::Graceful.is_graceful());
+    let error = CloseReason::Error("reset".into());
+    assert!(!error.is_graceful());
+    assert_eq!(error.to_string(), "closed with error: reset");
+}
