@@ -57,12 +57,21 @@ pub(crate) enum Command {
 }
 
 /// Why the driver stopped.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 enum Stop {
     /// `close()` or `close_after_current()`.
     Closed,
     /// Every service clone and handle is gone.
     Abandoned,
+}
+
+impl fmt::Display for Stop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Closed => "closed",
+            Self::Abandoned => "every service clone and handle was dropped",
+        })
+    }
 }
 
 /// Everything one driver owns. `M` is the maker, `E` the event hook, `C` the close signal.
@@ -148,6 +157,7 @@ where
             //
             // At start and after every disconnect: forget what this cycle has reported, so
             // the first address and error of the new cycle are reported again.
+            self.check_open()?;
             self.cycle = Cycle::default();
             self.shared.set_phase(Phase::Connecting);
             self.emit(Event::AttemptingToConnect);
@@ -178,6 +188,7 @@ where
             // The retry timer is armed just before the attempt, so the time an attempt takes
             // to fail counts toward the delay: a 3 s failure with a 10 s delay gives the next
             // attempt at 10 s, not 13 s.
+            self.check_open()?;
             let retry_at = Instant::now() + self.backoff.next_delay(&self.shared.server_name);
             self.shared.set_phase(Phase::Connecting);
             match self.attempt().await? {
@@ -260,16 +271,16 @@ where
         // on this very connection failed. Reports about older connections are stale and
         // ignored: a slow clone must not tear down a fresh connection.
         tokio::pin!(closed);
-        let disconnect = loop {
+        let ended = loop {
             tokio::select! {
                 biased;
                 command = self.inbox.commands.recv() => match command {
-                    None => return Err(Stop::Abandoned),
-                    Some(Command::Close) => return Err(Stop::Closed),
+                    None => break Err(Stop::Abandoned),
+                    Some(Command::Close) => break Err(Stop::Closed),
                     Some(Command::CloseAfterCurrent) => self.close_after_current = true,
                     Some(Command::ReconnectNow) => {}
                     Some(Command::Failed { word: failed, error }) if failed == word => {
-                        break Disconnect::Failed(error);
+                        break Ok(Disconnect::Failed(error));
                     }
                     Some(Command::Failed { word: failed, .. }) => trace!(
                         persistent_connection_to = %self.shared.server_name,
@@ -278,29 +289,46 @@ where
                         "ignoring a failure report about an older connection",
                     ),
                 },
-                reason = &mut closed => break Disconnect::Signal(reason.unwrap_or_else(|panic| {
+                reason = &mut closed => break Ok(Disconnect::Signal(reason.unwrap_or_else(|panic| {
                     CloseReason::Error(
                         format!("close signal panicked: {}", panic_message(&*panic)).into(),
                     )
-                })),
+                }))),
             }
         };
+        // Every `Connected` is followed by a `Disconnected`, also when the driver stops.
         drop(self.shared.withdraw(word));
+        let reason = match &ended {
+            Ok(disconnect) => disconnect.to_string(),
+            Err(stop) => stop.to_string(),
+        };
         info!(
             persistent_connection_to = %self.shared.server_name,
-            reason = %disconnect,
+            %reason,
             connected_for = ?connected_at.elapsed(),
             "disconnected",
         );
         self.emit(Event::Disconnected);
-        Ok(())
+        ended.map(drop)
+    }
+
+    /// Stops the driver if the shared state was closed (by `close()`, possibly racing with
+    /// the event that woke the driver): no new cycle, attempt or wait starts after close.
+    fn check_open(&self) -> Result<(), Stop> {
+        if self.shared.load().is_closed() {
+            Err(Stop::Closed)
+        } else {
+            Ok(())
+        }
     }
 
     /// Waits until `at`, or less on `reconnect_now`. Always yields to the runtime first, so a
     /// zero delay never starves other tasks.
     async fn wait_until(&mut self, at: Instant) -> Result<(), Stop> {
+        self.check_open()?;
         self.shared.set_phase(Phase::Waiting(at));
         tokio::task::yield_now().await;
+        self.check_open()?;
         self.inbox.sleep_until(at).await
     }
 

@@ -12,7 +12,8 @@ use crate::error::ConnectError;
 /// 2. per attempt, `ObtainedAddress(addr)` (when discovery succeeded), then either
 ///    `FailedToConnect(err)` (then the retry delay, then the next attempt of the same cycle) or
 ///    `Connected(conn)`;
-/// 3. after `Connected`, eventually `Disconnected`, and a new cycle begins.
+/// 3. after `Connected`, eventually `Disconnected` (also when the persistent connection is
+///    closed or dropped while connected), and a new cycle begins unless closed.
 ///
 /// Within one cycle, `ObtainedAddress` is reported only when the address differs from the
 /// previous one obtained, and `FailedToConnect` only when the error's text differs from the

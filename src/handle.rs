@@ -111,10 +111,13 @@ impl<S: Clone + Send + 'static> Handle<S> {
     /// `close` again waits for the same completion.
     pub fn close(&self) -> impl Future<Output = ()> + Send + use<S> {
         let (first, connection) = self.shared.close();
-        drop(connection);
         if first {
+            // Tell the driver before dropping the connection: a connection that shuts down
+            // when its last copy goes fires its close signal, and the driver must see the
+            // `Close` first (it reads commands before signals) rather than start a new cycle.
             let _ = self.commands.send(Command::Close);
         }
+        drop(connection);
         self.closed()
     }
 
