@@ -77,6 +77,11 @@ impl<S: Clone> PersistentConnection<S> {
         self.connection.as_mut()
     }
 
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared<S>> {
+        &self.shared
+    }
+
     /// The slow path of `poll_ready`: the shared word has changed, or this clone's connection
     /// is dead. Takes the new connection, or registers to be woken.
     fn refresh(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {

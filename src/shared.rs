@@ -144,7 +144,7 @@ impl<S> Shared<S> {
     pub(crate) fn withdraw(&self, word: Word) -> Option<S> {
         let conn = {
             let mut current = lock(&self.current);
-            if self.load() != word {
+            if !word.is_connected() || self.load() != word {
                 return None;
             }
             self.word
@@ -302,5 +302,20 @@ impl fmt::Debug for WaiterSlot {
         f.debug_struct("WaiterSlot")
             .field("key", &self.key)
             .finish()
+    }
+}
+
+#[cfg(test)]
+impl<S> Shared<S> {
+    /// Locks both mutexes a service clone may take, `current` then `waiters` (nothing else
+    /// holds both at once, so this cannot deadlock), for a test that holds them while it checks
+    /// that the hot path never waits for either.
+    pub(crate) fn lock_current_and_waiters(
+        &self,
+    ) -> (
+        crate::sync::MutexGuard<'_, Option<S>>,
+        crate::sync::MutexGuard<'_, Slab<Option<Waker>>>,
+    ) {
+        (lock(&self.current), lock(&self.waiters))
     }
 }
