@@ -23,7 +23,7 @@ fn static_error<T: std::error::Error + Send + Sync + 'static>() {}
 fn public_types_have_the_contracted_traits() {
     // A connection type that is neither Debug nor Sync.
     #[derive(Clone)]
-    struct NotSyncNotDebug(std::cell::Cell<u8>);
+    struct NotSyncNotDebug(#[allow(dead_code)] std::cell::Cell<u8>);
 
     clone_debug::<PersistentConnection<NotSyncNotDebug>>();
     send::<PersistentConnection<NotSyncNotDebug>>();
