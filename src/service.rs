@@ -136,9 +136,40 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // The hot path: one atomic load; while the word is unchanged, only this clone's own
+        // copy of the connection is touched.
+        if self.shared.load() == self.word {
+            if let Some(connection) = &mut self.connection {
+                if let Poll::Ready(Ok(())) = connection.poll_ready(cx) {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+        self.poll_ready_slow(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, request: Req) -> Self::Future {
+        match &mut self.connection {
+            Some(connection) => ResponseFuture::sent(connection.call(request)),
+            None => ResponseFuture::failed(NotReady.into()),
+        }
+    }
+}
+
+impl<S: Clone> PersistentConnection<S> {
+    /// Everything but "connected, unchanged, and the connection is ready": polls the
+    /// connection again and handles `Pending` and errors, or takes a new connection, or waits.
+    #[cold]
+    #[inline(never)]
+    fn poll_ready_slow<Req>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>
+    where
+        S: Service<Req>,
+        S::Error: Into<BoxError>,
+    {
         loop {
-            // The hot path: one atomic load; while it matches, only our own copy is touched.
             let word = self.shared.load();
             if word == self.word {
                 if let Some(connection) = &mut self.connection {
@@ -166,13 +197,6 @@ where
                 }
             }
             ready!(self.refresh(cx))?;
-        }
-    }
-
-    fn call(&mut self, request: Req) -> Self::Future {
-        match &mut self.connection {
-            Some(connection) => ResponseFuture::sent(connection.call(request)),
-            None => ResponseFuture::failed(NotReady.into()),
         }
     }
 }
@@ -213,6 +237,7 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
+    #[inline]
     fn sent(future: F) -> Self {
         Self {
             kind: Kind::Sent { future },
@@ -233,6 +258,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Sent { future } => future.poll(cx).map_err(Into::into),
