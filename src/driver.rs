@@ -210,7 +210,12 @@ where
         let deadline = Instant::now() + self.connect_timeout;
         let timed_out = ConnectError::timeout(self.connect_timeout);
 
-        let discover = AssertUnwindSafe((self.get_address)()).catch_unwind();
+        // Both the closure and its future are user code: catch a panic in either.
+        let get_address = &self.get_address;
+        let discover = match std::panic::catch_unwind(AssertUnwindSafe(|| get_address())) {
+            Ok(future) => AssertUnwindSafe(future).catch_unwind(),
+            Err(panic) => return Ok(Err(ConnectError::panic(&panic_message(&*panic)))),
+        };
         let address = match self.inbox.race(timeout_at(deadline, discover)).await? {
             Err(_elapsed) => return Ok(Err(timed_out)),
             Ok(Err(panic)) => return Ok(Err(ConnectError::panic(&panic_message(&*panic)))),
@@ -445,7 +450,7 @@ impl<S> Drop for EndGuard<S> {
 }
 
 /// The text of a caught panic's payload.
-fn panic_message(payload: &(dyn Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(message) = payload.downcast_ref::<&str>() {
         (*message).to_owned()
     } else if let Some(message) = payload.downcast_ref::<String>() {

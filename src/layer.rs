@@ -139,7 +139,8 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
     /// toward the delay, and a connection that lived longer than the delay is replaced at once
     /// when it ends. The value is randomized by [`jitter`](Self::jitter), and clamped to
     /// [`MAX_RETRY_DELAY`](crate::MAX_RETRY_DELAY) (one warning per driver). A zero delay is
-    /// allowed; the driver still yields to the runtime between attempts.
+    /// allowed; the driver still yields to the runtime between attempts. A panic in
+    /// `retry_delay` is caught and logged, and the default delay is used for that attempt.
     ///
     /// Default is a constant 10 seconds.
     pub fn retry_delay(

@@ -1,12 +1,12 @@
 //! The delay between connection attempts: the user's `retry_delay`, randomized by a seedable
 //! jitter and clamped to [`MAX_RETRY_DELAY`].
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-/// The longest delay between two attempts. A `retry_delay` that returns more is clamped to
-/// this, with one warning per driver.
+/// The longest delay between two attempts: one day. A `retry_delay` that returns more is
+/// clamped to this, with one warning per driver, and jitter never takes a delay beyond it.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The default delay between attempts: 10 s, as in the seed.
@@ -42,9 +42,22 @@ impl Backoff {
     }
 
     /// The delay to arm before the next attempt: `retry_delay()`, clamped, then randomized
-    /// uniformly within `[1 - jitter, 1 + jitter]` of itself.
+    /// uniformly within `[1 - jitter, 1 + jitter]` of itself, and never more than
+    /// [`MAX_RETRY_DELAY`]. A panic in `retry_delay` is caught and logged, and the default
+    /// delay is used for that attempt.
     pub(crate) fn next_delay(&mut self, server_name: &str) -> Duration {
-        let mut delay = (self.delay)();
+        let mut delay = match std::panic::catch_unwind(AssertUnwindSafe(|| (self.delay)())) {
+            Ok(delay) => delay,
+            Err(panic) => {
+                tracing::warn!(
+                    persistent_connection_to = %server_name,
+                    panic = %crate::driver::panic_message(&*panic),
+                    default = ?DEFAULT_RETRY_DELAY,
+                    "retry_delay panicked; using the default delay",
+                );
+                DEFAULT_RETRY_DELAY
+            }
+        };
         if delay > MAX_RETRY_DELAY {
             if !self.warned {
                 self.warned = true;
@@ -59,7 +72,7 @@ impl Backoff {
         }
         if self.jitter > 0.0 {
             let factor = self.rng.random_range(1.0 - self.jitter..=1.0 + self.jitter);
-            delay = delay.mul_f64(factor);
+            delay = delay.mul_f64(factor).min(MAX_RETRY_DELAY);
         }
         delay
     }
@@ -123,6 +136,36 @@ mod tests {
     fn zero_jitter_is_exact() {
         let mut b = backoff(1, 0, 0.0);
         assert!((0..10).all(|_| b.next_delay("t") == Duration::from_secs(10)));
+    }
+
+    /// Jitter never takes a delay past the maximum.
+    #[test]
+    fn jitter_stays_within_the_maximum() {
+        let mut b = Backoff::new(Arc::new(|| MAX_RETRY_DELAY), 0.3, Some((3, 0)));
+        let delays: Vec<_> = (0..200).map(|_| b.next_delay("t")).collect();
+        assert!(delays.iter().all(|d| *d <= MAX_RETRY_DELAY));
+        assert!(
+            delays.iter().any(|d| *d < MAX_RETRY_DELAY),
+            "jitter still applies below"
+        );
+    }
+
+    /// A panic in `retry_delay` is caught; that attempt uses the default delay.
+    #[test]
+    fn panic_in_retry_delay_falls_back_to_the_default() {
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let mut b = Backoff::new(
+            Arc::new(move || {
+                if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    panic!("retry_delay exploded");
+                }
+                Duration::from_secs(3)
+            }),
+            0.0,
+            Some((1, 0)),
+        );
+        assert_eq!(b.next_delay("t"), DEFAULT_RETRY_DELAY);
+        assert_eq!(b.next_delay("t"), Duration::from_secs(3));
     }
 
     /// An absurd delay is clamped to the maximum, and the warning is given once.
