@@ -142,12 +142,15 @@ where
         // copy of the connection is touched.
         if self.shared.load() == self.word {
             if let Some(connection) = &mut self.connection {
-                if let Poll::Ready(Ok(())) = connection.poll_ready(cx) {
+                let polled = connection.poll_ready(cx);
+                if let Poll::Ready(Ok(())) = polled {
                     return Poll::Ready(Ok(()));
                 }
+                // Never poll the connection twice: its answer goes to the slow path.
+                return self.poll_ready_slow(cx, Some(polled));
             }
         }
-        self.poll_ready_slow(cx)
+        self.poll_ready_slow(cx, None)
     }
 
     #[inline]
@@ -160,41 +163,48 @@ where
 }
 
 impl<S: Clone> PersistentConnection<S> {
-    /// Everything but "connected, unchanged, and the connection is ready": polls the
-    /// connection again and handles `Pending` and errors, or takes a new connection, or waits.
+    /// Everything but "connected, unchanged, and the connection is ready": handles the
+    /// connection's `Pending` or error (`polled`, the answer of the poll the fast path just
+    /// made at `self.word`), or takes a new connection, or waits.
     #[cold]
     #[inline(never)]
-    fn poll_ready_slow<Req>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>
+    fn poll_ready_slow<Req>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut polled: Option<Poll<Result<(), S::Error>>>,
+    ) -> Poll<Result<(), BoxError>>
     where
         S: Service<Req>,
         S::Error: Into<BoxError>,
     {
         loop {
-            let word = self.shared.load();
-            if word == self.word {
-                if let Some(connection) = &mut self.connection {
-                    match connection.poll_ready(cx) {
-                        Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
-                        Poll::Pending => {
-                            // Also wait on the shared state: a connection that registers no
-                            // waker (hyper's HTTP/2) must not hide a disconnect from us.
-                            self.waiter.register(&self.shared, cx.waker());
-                            if self.shared.load() == word {
-                                return Poll::Pending;
-                            }
-                            continue;
-                        }
-                        Poll::Ready(Err(error)) => {
-                            // This connection is dead. Tell the driver (it ignores the report
-                            // if it has moved on) and wait for the next one.
-                            self.connection = None;
-                            let _ = self.commands.send(Command::Failed {
-                                word,
-                                error: error.into(),
-                            });
-                        }
+            let polled = match (polled.take(), &mut self.connection) {
+                (Some(polled), _) => Some((self.word, polled)),
+                (None, Some(connection)) if self.shared.load() == self.word => {
+                    Some((self.word, connection.poll_ready(cx)))
+                }
+                (None, _) => None,
+            };
+            match polled {
+                Some((_, Poll::Ready(Ok(())))) => return Poll::Ready(Ok(())),
+                Some((word, Poll::Pending)) => {
+                    // Also wait on the shared state: a connection that registers no waker
+                    // (hyper's HTTP/2) must not hide a disconnect from us.
+                    self.waiter.register(&self.shared, cx.waker());
+                    if self.shared.load() == word {
+                        return Poll::Pending;
                     }
                 }
+                Some((word, Poll::Ready(Err(error)))) => {
+                    // This connection is dead. Tell the driver (it ignores the report if it
+                    // has moved on) and wait for the next one.
+                    self.connection = None;
+                    let _ = self.commands.send(Command::Failed {
+                        word,
+                        error: error.into(),
+                    });
+                }
+                None => {}
             }
             ready!(self.refresh(cx))?;
         }
