@@ -16,7 +16,6 @@ use std::{
     convert::Infallible,
     future::poll_fn,
     hint::black_box,
-    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -25,23 +24,9 @@ use persistent_connection::{PersistentConnection, PersistentConnectionLayer};
 use tokio::runtime::Runtime;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
-/// The connection: always ready, answers `n` with `n + 1`, allocates nothing.
-#[derive(Clone, Debug)]
-struct Echo;
-
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<u64, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, n: u64) -> Self::Future {
-        std::future::ready(Ok(n + 1))
-    }
-}
+#[path = "../tests/support/echo.rs"]
+mod echo;
+use echo::Echo;
 
 /// One request: `poll_ready`, `call`, await the response.
 async fn ready_call<S>(svc: &mut S, n: u64) -> u64

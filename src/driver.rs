@@ -401,12 +401,8 @@ impl Inbox {
         loop {
             tokio::select! {
                 biased;
-                command = self.commands.recv() => match command {
-                    None => return Err(Stop::Abandoned),
-                    // Not connected: "after the current connection" is now.
-                    Some(Command::Close | Command::CloseAfterCurrent) => return Err(Stop::Closed),
-                    Some(Command::ReconnectNow) => self.reconnect_now = true,
-                    Some(Command::Failed { .. }) => {}
+                command = self.commands.recv() => if unconnected(command)? {
+                    self.reconnect_now = true;
                 },
                 output = &mut future => return Ok(output),
             }
@@ -424,15 +420,24 @@ impl Inbox {
         loop {
             tokio::select! {
                 biased;
-                command = self.commands.recv() => match command {
-                    None => return Err(Stop::Abandoned),
-                    Some(Command::Close | Command::CloseAfterCurrent) => return Err(Stop::Closed),
-                    Some(Command::ReconnectNow) => return Ok(()),
-                    Some(Command::Failed { .. }) => {}
+                command = self.commands.recv() => if unconnected(command)? {
+                    return Ok(());
                 },
                 () = &mut sleep => return Ok(()),
             }
         }
+    }
+}
+
+/// What a command means while not connected: stop the driver (`Err`), `reconnect_now`
+/// (`Ok(true)`), or nothing (`Ok(false)`: a failure report is stale when nothing is
+/// connected). "Close after the current connection" closes now, as there is none.
+fn unconnected(command: Option<Command>) -> Result<bool, Stop> {
+    match command {
+        None => Err(Stop::Abandoned),
+        Some(Command::Close | Command::CloseAfterCurrent) => Err(Stop::Closed),
+        Some(Command::ReconnectNow) => Ok(true),
+        Some(Command::Failed { .. }) => Ok(false),
     }
 }
 

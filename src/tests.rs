@@ -25,23 +25,9 @@ use crate::{BoxError, Handle, service::PersistentConnection, shared::Shared, syn
 
 // === helpers ===
 
-/// A connection that is always ready and answers `n` with `n + 1`, without allocating.
-#[derive(Clone, Debug)]
-struct Echo;
-
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<u64, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, n: u64) -> Self::Future {
-        std::future::ready(Ok(n + 1))
-    }
-}
+#[path = "../tests/support/echo.rs"]
+mod echo;
+use echo::Echo;
 
 /// The retry delay of the drivers started by [`start`] (no jitter).
 const RETRY_DELAY: Duration = Duration::from_secs(1);

@@ -20,23 +20,9 @@ fn allocations_in(f: impl FnOnce()) -> u64 {
 
 // === connections ===
 
-/// A connection that is always ready and answers `n` with `n + 1`, without allocating.
-#[derive(Clone, Debug)]
-struct Echo;
-
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<u64, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, n: u64) -> Self::Future {
-        std::future::ready(Ok(n + 1))
-    }
-}
+#[path = "support/echo.rs"]
+mod echo;
+use echo::Echo;
 
 /// Like [`Echo`], but boxes every response future: one allocation per request.
 #[derive(Clone, Debug)]
