@@ -137,6 +137,7 @@ mod error;
 mod event;
 mod handle;
 mod layer;
+mod load;
 mod retry;
 mod service;
 mod shared;
@@ -150,6 +151,7 @@ pub use crate::{
     event::{Event, OnEvent},
     handle::{Handle, State},
     layer::PersistentConnectionLayer,
+    load::ConnectionLoad,
     retry::MAX_RETRY_DELAY,
     service::{PersistentConnection, ResponseFuture},
 };

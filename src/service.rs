@@ -50,6 +50,19 @@ pub struct PersistentConnection<S> {
     waiter: WaiterSlot,
 }
 
+impl<S> PersistentConnection<S> {
+    /// This clone's copy of the connection, if it holds one: the connection of its latest
+    /// `poll_ready` that returned `Ready`. See also [`Handle::current_connection`].
+    pub fn get_ref(&self) -> Option<&S> {
+        self.connection.as_ref()
+    }
+
+    /// This clone's copy of the connection, mutably.
+    pub fn get_mut(&mut self) -> Option<&mut S> {
+        self.connection.as_mut()
+    }
+}
+
 impl<S: Clone> PersistentConnection<S> {
     pub(crate) fn new(shared: Arc<Shared<S>>, commands: UnboundedSender<Command>) -> Self {
         Self {
@@ -64,17 +77,6 @@ impl<S: Clone> PersistentConnection<S> {
     /// A handle to observe and control the connection (close it, wait for it, ...).
     pub fn handle(&self) -> Handle<S> {
         Handle::new(self.shared.clone(), self.commands.clone())
-    }
-
-    /// This clone's copy of the connection, if it holds one: the connection of its latest
-    /// `poll_ready` that returned `Ready`. See also [`Handle::current_connection`].
-    pub fn get_ref(&self) -> Option<&S> {
-        self.connection.as_ref()
-    }
-
-    /// This clone's copy of the connection, mutably.
-    pub fn get_mut(&mut self) -> Option<&mut S> {
-        self.connection.as_mut()
     }
 
     #[cfg(test)]
