@@ -21,21 +21,15 @@
 //! say why each connection ended.
 
 use std::{
-    future::Future,
     io,
     net::SocketAddr,
-    pin::Pin,
     sync::{Arc, LazyLock, Mutex},
-    task::{Context, Poll},
     time::Duration,
 };
 
-use persistent_connection::{BoxError, CloseReason, Event, PersistentConnectionLayer};
+use persistent_connection::{BoxError, Event, PersistentConnectionLayer};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::{TcpListener, TcpStream},
-    sync::{mpsc, oneshot, watch},
-    task::{JoinHandle, JoinSet},
+    task::JoinSet,
     time::{Instant, interval_at, timeout_at},
 };
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
@@ -53,6 +47,11 @@ macro_rules! log {
         println!("[{:6.3}s] {}", START.elapsed().as_secs_f64(), format_args!($($arg)*))
     };
 }
+
+#[path = "support/line.rs"]
+mod line;
+
+use line::{Connection, Server};
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -83,7 +82,11 @@ async fn main() -> Result<(), BoxError> {
         let (catalog, stats) = (catalog.clone(), stats.clone());
         move |event: &Event<SocketAddr, Connection>| match event {
             Event::Connected(connection) => {
-                let replica = format!("{} ({})", catalog.name_of(connection.peer), connection.peer);
+                let replica = format!(
+                    "{} ({})",
+                    catalog.name_of(connection.peer()),
+                    connection.peer()
+                );
                 log!("event: Connected to {replica}");
                 stats.lock().unwrap().connections.push(replica);
             }
@@ -92,7 +95,7 @@ async fn main() -> Result<(), BoxError> {
     });
     let client = ServiceBuilder::new()
         .layer(layer)
-        .service(service_fn(connect));
+        .service(service_fn(line::connect));
     let handle = client.handle();
 
     let mut requests = JoinSet::new();
@@ -108,10 +111,10 @@ async fn main() -> Result<(), BoxError> {
                 4 | 8 | 12 => {
                     if let Some(i) = replicas
                         .iter()
-                        .position(|r| Some(r.name) == in_use.as_deref())
+                        .position(|r| Some(r.name()) == in_use.as_deref())
                     {
                         let replica = replicas.swap_remove(i);
-                        killed.push(replica.name);
+                        killed.push(replica.name());
                         replica.kill(&catalog);
                     }
                 }
@@ -168,102 +171,6 @@ where
     }
 }
 
-/// The maker: dials `address` and returns the connection.
-async fn connect(address: SocketAddr) -> io::Result<Connection> {
-    let socket = TcpStream::connect(address).await?;
-    socket.set_nodelay(true)?;
-    Ok(Connection::open(socket, address))
-}
-
-/// A request line, and where its reply goes.
-type Request = (String, oneshot::Sender<String>);
-
-/// A connection to one replica: a cloneable handle to the task that owns the socket.
-#[derive(Clone)]
-struct Connection {
-    peer: SocketAddr,
-    requests: mpsc::UnboundedSender<Request>,
-    /// Set when the socket task ends: `Ok` if the peer closed the socket, `Err` on an error.
-    ended: watch::Receiver<Option<Result<(), Arc<io::Error>>>>,
-}
-
-impl Connection {
-    fn open(socket: TcpStream, peer: SocketAddr) -> Self {
-        let (requests, inbox) = mpsc::unbounded_channel();
-        let (end, ended) = watch::channel(None);
-        tokio::spawn(async move {
-            let result = run_socket(socket, inbox).await;
-            end.send_replace(Some(result.map_err(Arc::new)));
-        });
-        Self {
-            peer,
-            requests,
-            ended,
-        }
-    }
-
-    /// The close signal: resolves once the socket task has ended.
-    fn closed(&self) -> impl Future<Output = CloseReason> + Send + use<> {
-        let mut ended = self.ended.clone();
-        async move {
-            match ended.wait_for(Option::is_some).await.map(|end| end.clone()) {
-                Ok(Some(Err(error))) => CloseReason::Error(Box::new(error)),
-                _ => CloseReason::Graceful,
-            }
-        }
-    }
-}
-
-impl Service<String> for Connection {
-    type Response = String;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<String, BoxError>> + Send>>;
-
-    /// Fails once the socket task has ended: no request goes to a dead connection.
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.requests.is_closed() {
-            return Poll::Ready(Err("connection closed".into()));
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, line: String) -> Self::Future {
-        let (reply, answer) = oneshot::channel();
-        let sent = self.requests.send((line, reply));
-        Box::pin(async move {
-            sent.map_err(|_| BoxError::from("connection closed"))?;
-            answer
-                .await
-                .map_err(|_| "connection closed before the reply".into())
-        })
-    }
-}
-
-/// Owns the socket: sends the requests and reads their replies one at a time, in order, and
-/// between requests watches for the peer closing. Ends when the socket closes or fails, or
-/// when every copy of the connection is gone; the requests still queued then fail.
-async fn run_socket(
-    socket: TcpStream,
-    mut requests: mpsc::UnboundedReceiver<Request>,
-) -> io::Result<()> {
-    let (reader, mut writer) = socket.into_split();
-    let mut lines = BufReader::new(reader).lines();
-    loop {
-        tokio::select! {
-            request = requests.recv() => {
-                let Some((line, reply)) = request else { return Ok(()) };
-                writer.write_all(format!("{line}\n").as_bytes()).await?;
-                let Some(answer) = lines.next_line().await? else { return Ok(()) };
-                let _ = reply.send(answer);
-            }
-            line = lines.next_line() => match line? {
-                None => return Ok(()),
-                Some(line) => return Err(io::Error::other(format!("unexpected line {line:?}"))),
-            },
-        }
-    }
-}
-
 // === The replica side ===
 
 /// Where the replicas are: each registers when it starts and deregisters when killed.
@@ -289,65 +196,31 @@ impl Catalog {
     }
 }
 
-/// A running replica server.
+/// A running replica: a line server that is registered in the catalog.
 struct Replica {
-    name: &'static str,
-    address: SocketAddr,
-    server: JoinHandle<()>,
+    server: Server,
 }
 
 impl Replica {
-    /// Listens on a fresh loopback port, and registers in the catalog.
+    /// Starts a server on a fresh loopback port, and registers it in the catalog.
     async fn start(name: &'static str, catalog: &Catalog) -> io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let address = listener.local_addr()?;
-        catalog.0.lock().unwrap().push((name, address));
-        log!("** {name} started on {address}");
-        let server = tokio::spawn(serve(name, listener));
-        Ok(Self {
-            name,
-            address,
-            server,
-        })
+        let server = Server::start(name).await?;
+        catalog.0.lock().unwrap().push((name, server.address()));
+        log!("** {name} started on {}", server.address());
+        Ok(Self { server })
+    }
+
+    fn name(&self) -> &'static str {
+        self.server.name()
     }
 
     /// Leaves the catalog, stops accepting, and closes every open connection.
-    fn kill(self, catalog: &Catalog) {
-        log!("** killing {} (on {})", self.name, self.address);
-        catalog
-            .0
-            .lock()
-            .unwrap()
-            .retain(|&(name, _)| name != self.name);
-        self.server.abort();
+    fn kill(mut self, catalog: &Catalog) {
+        log!("** killing {} (on {})", self.name(), self.server.address());
+        let name = self.name();
+        catalog.0.lock().unwrap().retain(|&(n, _)| n != name);
+        self.server.kill();
     }
-}
-
-/// Accepts connections. They are tasks of this server task: aborting it drops the `JoinSet`,
-/// which aborts them and so closes their sockets.
-async fn serve(name: &'static str, listener: TcpListener) {
-    let mut connections = JoinSet::new();
-    loop {
-        match listener.accept().await {
-            Ok((socket, _)) => _ = connections.spawn(answer(name, socket)),
-            Err(error) => log!("{name}: accept failed: {error}"),
-        }
-        while connections.try_join_next().is_some() {}
-    }
-}
-
-/// Answers each `ping N` line with `<name>: pong N`.
-async fn answer(name: &'static str, socket: TcpStream) -> io::Result<()> {
-    socket.set_nodelay(true)?;
-    let (reader, mut writer) = socket.into_split();
-    let mut lines = BufReader::new(reader).lines();
-    while let Some(line) = lines.next_line().await? {
-        let n = line.strip_prefix("ping ").unwrap_or(&line);
-        writer
-            .write_all(format!("{name}: pong {n}\n").as_bytes())
-            .await?;
-    }
-    Ok(())
 }
 
 // === Bookkeeping ===
