@@ -104,22 +104,141 @@
 //!
 //! # Composition
 //!
-//! - **Wait for a connection** (the default): a request waits in `poll_ready` while
-//!   disconnected.
-//! - **Fail fast while down**: put `LoadShed` above the layer; it answers `Overloaded` at once
-//!   while there is no connection.
-//! - **Bound the wait**: put `Timeout` above a `Buffer` above the layer, or wrap the wait
-//!   yourself: `tokio::time::timeout(d, svc.ready())`. (`Timeout` directly above the layer
-//!   does not bound it: its clock starts in `call`.)
-//! - **Share one connection among tasks**: clone the service (all clones share one connection
-//!   and one driver), or put a `Buffer` above it.
-//! - **Balance over replicas**: one layer per endpoint under `tower::balance::p2c::Balance`; a
-//!   down endpoint is `Pending`, so the balancer routes around it and picks it up again when
-//!   it reconnects. Never put a `Buffer` between the balancer and its endpoints: readiness
-//!   would become invisible.
+//! The service is an ordinary tower `Service`, so the usual layers compose with it. Each
+//! recipe below runs as written (a connection here is an in-memory `service_fn`; with a real
+//! maker nothing changes).
 //!
-//! A `Buffer` wraps the errors of the service below it; [`Closed::find_in`] finds `Closed` in
-//! the source chain.
+//! **Wait for a connection** is the default: a request waits in `poll_ready` while
+//! disconnected, and is sent as soon as a connection is up.
+//!
+//! **Fail fast while down**: `LoadShed` above the layer answers `Overloaded` at once while
+//! there is no connection. (It sheds whenever the service below is not ready: over an HTTP/1
+//! connection, whose one request at a time makes it busy, it also sheds while a request is in
+//! flight.)
+//!
+//! ```
+//! # use std::convert::Infallible;
+//! # use persistent_connection::{BoxError, PersistentConnectionLayer};
+//! use tower::{ServiceBuilder, ServiceExt, load_shed::error::Overloaded, service_fn};
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! # let maker = service_fn(|_: &str| async {
+//! #     Ok::<_, Infallible>(service_fn(|req: u32| async move { Ok::<_, Infallible>(req) }))
+//! # });
+//! // The server is down: discovery fails every time.
+//! let persistent =
+//!     PersistentConnectionLayer::new(|| async { Err::<&str, BoxError>("no replica".into()) });
+//! let svc = ServiceBuilder::new().load_shed().layer(persistent).service(maker);
+//! let err = svc.oneshot(1).await.unwrap_err();
+//! assert!(err.is::<Overloaded>());
+//! # }
+//! ```
+//!
+//! **Bound the wait**: `Timeout` above a `Buffer` above the layer bounds the whole wait,
+//! connection included (the buffer's response future covers the wait for readiness). Or bound
+//! it at the call site with `tokio::time::timeout(d, svc.ready())`. `Timeout` directly above
+//! the layer does *not* bound it: its clock starts in `call`, after `poll_ready`.
+//!
+//! ```
+//! # use std::{convert::Infallible, time::Duration};
+//! # use persistent_connection::{BoxError, PersistentConnectionLayer};
+//! use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn, timeout::error::Elapsed};
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! # let maker = service_fn(|_: &str| async {
+//! #     Ok::<_, Infallible>(service_fn(|req: u32| async move { Ok::<_, Infallible>(req) }))
+//! # });
+//! # let persistent =
+//! #     PersistentConnectionLayer::new(|| async { Err::<&str, BoxError>("no replica".into()) });
+//! let mut svc = ServiceBuilder::new()
+//!     .timeout(Duration::from_secs(2))
+//!     .buffer(64)
+//!     .layer(persistent.clone())
+//!     .service(maker.clone());
+//! let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
+//! assert!(err.is::<Elapsed>());
+//!
+//! // At the call site, without a buffer:
+//! let mut svc = persistent.layer(maker);
+//! let waited = tokio::time::timeout(Duration::from_secs(2), svc.ready()).await;
+//! assert!(waited.is_err(), "still not connected after 2 s");
+//! # }
+//! ```
+//!
+//! **Share one connection among tasks**: clone the service (every clone shares the one
+//! connection and driver, and keeps its own copy of the connection), or put a `Buffer` above
+//! it. A `Buffer` wraps the errors of the service below it, so look for [`Closed`] with
+//! [`Closed::find_in`]. (A rustc limitation, not this crate's: `buffer.oneshot(req)` inside
+//! `tokio::spawn` does not compile for a `Buffer` whose error is `BoxError`; write
+//! `buffer.ready().await?.call(req)` instead.)
+//!
+//! ```
+//! # use std::convert::Infallible;
+//! # use persistent_connection::{Closed, PersistentConnectionLayer};
+//! use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! # let maker = service_fn(|_: &str| async {
+//! #     Ok::<_, Infallible>(service_fn(|req: u32| async move { Ok::<_, Infallible>(req) }))
+//! # });
+//! let persistent = PersistentConnectionLayer::fixed_address("10.0.0.7:80").layer(maker);
+//! let handle = persistent.handle();
+//! let buffer = ServiceBuilder::new().buffer(64).service(persistent);
+//! let mut tasks = Vec::new();
+//! for i in 0..4 {
+//!     let mut buffer = buffer.clone();
+//!     tasks.push(tokio::spawn(async move { buffer.ready().await?.call(i).await }));
+//! }
+//! for (i, task) in tasks.into_iter().enumerate() {
+//!     assert_eq!(task.await.unwrap().unwrap(), i as u32);
+//! }
+//!
+//! handle.close().await;
+//! let err = buffer.oneshot(5).await.unwrap_err();
+//! assert!(Closed::find_in(&*err).is_some());
+//! # }
+//! ```
+//!
+//! **Balance over replicas**: one layer per endpoint under `tower::balance::p2c::Balance`,
+//! each measured by `PendingRequests` (or `PeakEwma`). A down endpoint is `Pending`, so the
+//! balancer routes around it and never evicts it (tower evicts an endpoint whose `poll_ready`
+//! fails), and uses it again as soon as it reconnects. An HTTP/2 connection is always ready
+//! while connected, so load is the balancer's only signal. Never put a `Buffer` *between* the
+//! balancer and its endpoints: every endpoint would look ready; above the balancer it is
+//! fine. The persistent connection also implements `Load` when its connection does (see
+//! [`ConnectionLoad`]).
+//!
+//! ```
+//! # use std::{convert::Infallible, io};
+//! # use persistent_connection::PersistentConnectionLayer;
+//! use tower::{
+//!     Layer, Service, ServiceExt,
+//!     balance::p2c::Balance,
+//!     discover::ServiceList,
+//!     load::{CompleteOnResponse, PendingRequests},
+//!     service_fn,
+//! };
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // The maker can reach replicas "a" and "c"; "b" is down.
+//! let maker = service_fn(|addr: &'static str| async move {
+//!     if addr == "b" {
+//!         return Err(io::Error::from(io::ErrorKind::ConnectionRefused));
+//!     }
+//!     Ok(service_fn(move |req: u32| async move { Ok::<_, Infallible>(format!("{addr}:{req}")) }))
+//! });
+//! let endpoints = ["a", "b", "c"].map(|addr| {
+//!     let persistent = PersistentConnectionLayer::fixed_address(addr).layer(maker.clone());
+//!     PendingRequests::new(persistent, CompleteOnResponse::default())
+//! });
+//! let mut balance = Balance::new(ServiceList::new(endpoints));
+//! for i in 0..100 {
+//!     let reply = balance.ready().await.unwrap().call(i).await.unwrap();
+//!     assert!(!reply.starts_with("b:"), "never routed to the down replica");
+//! }
+//! assert_eq!(balance.len(), 3, "the down replica was not evicted");
+//! # }
+//! ```
 //!
 //! # Supported Rust versions
 //!
