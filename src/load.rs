@@ -34,11 +34,12 @@ impl<M: PartialOrd> PartialOrd for ConnectionLoad<M> {
 /// The load of the connection this clone holds (the one its latest ready `poll_ready` was
 /// about), so it costs what the connection's own `load` costs.
 ///
-/// Only useful when the connection itself measures load (it is, say, a
-/// `tower::load::PendingRequests` made by the maker). The usual set-up measures around the
-/// persistent connection instead: `PendingRequests::new(persistent, CompleteOnResponse::default())`
-/// or `PeakEwma` per endpoint under `tower::balance::p2c::Balance`. An HTTP/2 connection is
-/// always ready while connected, so load is then the balancer's only signal.
+/// Only useful when the connection itself measures its load, and its clones share that
+/// measure (the connection must be `Clone`; tower's own `PendingRequests` and `PeakEwma` are
+/// not). The usual set-up measures around the persistent connection instead:
+/// `PendingRequests::new(persistent, CompleteOnResponse::default())` or `PeakEwma` per
+/// endpoint under `tower::balance::p2c::Balance`. An HTTP/2 connection is always ready while
+/// connected, so load is then the balancer's only signal.
 impl<S: Load> Load for PersistentConnection<S> {
     type Metric = ConnectionLoad<S::Metric>;
 
