@@ -82,6 +82,9 @@ pub(crate) struct Driver<A, M: Service<A>, E, C> {
     pub(crate) get_address: GetAddress<A>,
     pub(crate) backoff: Backoff,
     pub(crate) connect_timeout: Duration,
+    /// A graceful close of a connection that lived at least this long is followed by an
+    /// immediate reconnect.
+    pub(crate) graceful_reconnect_after: Duration,
     pub(crate) on_event: std::sync::Arc<E>,
     pub(crate) close_signal: std::sync::Arc<C>,
     pub(crate) close_after_current: bool,
@@ -110,6 +113,15 @@ impl<A> Default for Cycle<A> {
 pub(crate) struct Connection<S, C: CloseSignal<S>> {
     service: S,
     closed: futures_util::future::CatchUnwind<AssertUnwindSafe<C::Future>>,
+}
+
+/// What a connection's end means for the next attempt.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Closed gracefully after living at least `graceful_reconnect_after`: reconnect at once.
+    GracefullyAfterUse,
+    /// Anything else: wait for the retry timer.
+    Otherwise,
 }
 
 /// How a served connection ended.
@@ -163,17 +175,24 @@ where
             self.emit(Event::AttemptingToConnect);
 
             let (connection, retry_at) = self.connect_until_successful().await?;
-            self.serve_until_disconnected(connection).await?;
+            let disconnect = self.serve_until_disconnected(connection).await?;
 
-            // ## Disconnected => (Closed | Waiting)
+            // ## Disconnected => (Closed | Waiting | Connecting)
             //
             // The timer was armed before the attempt that made this connection: a connection
             // that lived longer than the delay is replaced at once, a short-lived one waits
-            // out the rest, so a flapping server is not hammered.
+            // out the rest, so a flapping server is not hammered. A server that said goodbye
+            // (idle close, GOAWAY) after a useful life is not failing: replace its connection
+            // at once rather than leave requests waiting.
             if self.close_after_current {
                 return Err(Stop::Closed);
             }
-            self.wait_until(retry_at).await?;
+            if disconnect == Ended::GracefullyAfterUse {
+                self.check_open()?;
+                tokio::task::yield_now().await;
+            } else {
+                self.wait_until(retry_at).await?;
+            }
         }
     }
 
@@ -253,7 +272,7 @@ where
     async fn serve_until_disconnected(
         &mut self,
         connection: Connection<M::Response, C>,
-    ) -> Result<(), Stop> {
+    ) -> Result<Ended, Stop> {
         let Connection {
             service: connection,
             closed,
@@ -314,7 +333,14 @@ where
             "disconnected",
         );
         self.emit(Event::Disconnected);
-        ended.map(drop)
+        let graceful = matches!(&ended, Ok(Disconnect::Signal(reason)) if reason.is_graceful());
+        ended.map(|_| {
+            if graceful && connected_at.elapsed() >= self.graceful_reconnect_after {
+                Ended::GracefullyAfterUse
+            } else {
+                Ended::Otherwise
+            }
+        })
     }
 
     /// Stops the driver if the shared state was closed (by `close()`, possibly racing with

@@ -29,6 +29,9 @@ use crate::{
 /// The default bound on discovery plus connect of one attempt: 20 s.
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The default minimum life of a gracefully closed connection for an immediate reconnect.
+pub(crate) const DEFAULT_GRACEFUL_RECONNECT_AFTER: Duration = Duration::from_secs(1);
+
 /// Wraps a maker (a `Service<A>` whose response is the connection) in a
 /// [`PersistentConnection`] that keeps one connection up.
 ///
@@ -74,6 +77,7 @@ pub struct PersistentConnectionLayer<A, E = (), C = ()> {
     /// stream from the seed and its index.
     drivers: Arc<AtomicU64>,
     connect_timeout: Duration,
+    graceful_reconnect_after: Duration,
     on_event: Arc<E>,
     close_signal: Arc<C>,
 }
@@ -120,6 +124,7 @@ impl<A: Send + 'static> PersistentConnectionLayer<A> {
             rng_seed: None,
             drivers: Arc::new(AtomicU64::new(0)),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            graceful_reconnect_after: DEFAULT_GRACEFUL_RECONNECT_AFTER,
             on_event: Arc::new(()),
             close_signal: Arc::new(()),
         }
@@ -206,6 +211,19 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
         self
     }
 
+    /// A connection whose [close signal](Self::close_signal) reports a graceful close (an
+    /// idle close, an HTTP/2 `GOAWAY`) after it lived at least `min_life` is replaced at once,
+    /// instead of waiting out the rest of the retry delay: the server is not failing, and
+    /// requests should not wait. A connection that closes gracefully sooner is treated like
+    /// any other (so a server that accepts and closes at once is still tried only once per
+    /// delay).
+    ///
+    /// Default is 1 second.
+    pub fn graceful_reconnect_after(mut self, min_life: Duration) -> Self {
+        self.graceful_reconnect_after = min_life;
+        self
+    }
+
     /// Calls `on_event` with every [`Event`](crate::Event), in order, on the driver task.
     ///
     /// Annotate the closure's argument as `&Event<_, _>`: the connection type is only known
@@ -221,6 +239,7 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
             rng_seed: self.rng_seed,
             drivers: self.drivers,
             connect_timeout: self.connect_timeout,
+            graceful_reconnect_after: self.graceful_reconnect_after,
             on_event: Arc::new(on_event),
             close_signal: self.close_signal,
         }
@@ -241,6 +260,7 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
             rng_seed: self.rng_seed,
             drivers: self.drivers,
             connect_timeout: self.connect_timeout,
+            graceful_reconnect_after: self.graceful_reconnect_after,
             on_event: self.on_event,
             close_signal: Arc::new(close_signal),
         }
@@ -285,6 +305,7 @@ where
                 self.rng_seed.map(|seed| (seed, index)),
             ),
             connect_timeout: self.connect_timeout,
+            graceful_reconnect_after: self.graceful_reconnect_after,
             on_event: self.on_event.clone(),
             close_signal: self.close_signal.clone(),
             close_after_current: false,
@@ -306,6 +327,7 @@ impl<A, E, C> Clone for PersistentConnectionLayer<A, E, C> {
             rng_seed: self.rng_seed,
             drivers: self.drivers.clone(),
             connect_timeout: self.connect_timeout,
+            graceful_reconnect_after: self.graceful_reconnect_after,
             on_event: self.on_event.clone(),
             close_signal: self.close_signal.clone(),
         }
@@ -319,6 +341,7 @@ impl<A, E, C> fmt::Debug for PersistentConnectionLayer<A, E, C> {
             .field("jitter", &self.jitter)
             .field("rng_seed", &self.rng_seed)
             .field("connect_timeout", &self.connect_timeout)
+            .field("graceful_reconnect_after", &self.graceful_reconnect_after)
             .finish_non_exhaustive()
     }
 }

@@ -162,3 +162,85 @@ fn close_reason_says_whether_the_close_was_graceful() {
     assert!(!error.is_graceful());
     assert_eq!(error.to_string(), "closed with error: reset");
 }
+
+/// A layer over `maker` with a 10 s delay (no jitter) and the close signal wired in.
+fn graceful_layer(
+    maker: &Maker,
+    min_life: Option<Duration>,
+) -> persistent_connection::Handle<Conn> {
+    let mut layer = PersistentConnectionLayer::fixed_address("a")
+        .jitter(0.0)
+        .close_signal(|conn: &Conn| conn.closed());
+    if let Some(min_life) = min_life {
+        layer = layer.graceful_reconnect_after(min_life);
+    }
+    let svc = layer.layer(maker.clone());
+    let handle = svc.handle();
+    // The handle keeps the driver alive; the service is not needed.
+    drop(svc);
+    handle
+}
+
+/// A graceful close (the server's goodbye: idle close, GOAWAY) of a connection that lived at
+/// least the minimum (default 1 s) is replaced at once, not after the rest of the 10 s delay.
+#[tokio::test(start_paused = true)]
+async fn graceful_close_after_a_useful_life_reconnects_at_once() {
+    let maker = Maker::always_connect();
+    let handle = graceful_layer(&maker, None);
+    handle.connected().await.unwrap();
+    tokio::time::sleep(secs(5)).await;
+    maker.conn(0).close_gracefully();
+    settle().await;
+    assert_eq!(maker.attempt_times(), [secs(0), secs(5)]);
+    assert_eq!(handle.current_connection().unwrap().id(), 1);
+}
+
+/// A graceful close sooner than the minimum life (a server that accepts and closes at once)
+/// waits out the delay like any other end: one attempt per delay window.
+#[tokio::test(start_paused = true)]
+async fn graceful_close_of_a_short_lived_connection_waits_the_delay() {
+    let maker = Maker::always_connect();
+    let handle = graceful_layer(&maker, None);
+    handle.connected().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    maker.conn(0).close_gracefully();
+    tokio::time::sleep(secs(9)).await;
+    assert_eq!(maker.attempt_times(), [secs(0)]);
+    tokio::time::sleep(secs(1)).await;
+    settle().await;
+    assert_eq!(maker.attempt_times(), [secs(0), secs(10)]);
+}
+
+/// An error close is not a goodbye: the connection that lived 5 s waits the rest of the
+/// 10 s delay, as in the seed.
+#[tokio::test(start_paused = true)]
+async fn error_close_waits_the_rest_of_the_delay() {
+    let maker = Maker::always_connect();
+    let handle = graceful_layer(&maker, None);
+    handle.connected().await.unwrap();
+    tokio::time::sleep(secs(5)).await;
+    maker.conn(0).kill();
+    tokio::time::sleep(Duration::from_millis(4999)).await;
+    assert_eq!(maker.attempt_times(), [secs(0)]);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    settle().await;
+    assert_eq!(maker.attempt_times(), [secs(0), secs(10)]);
+}
+
+/// The minimum life is configurable: with 3 s, a graceful close at 2 s waits the delay.
+#[tokio::test(start_paused = true)]
+async fn graceful_reconnect_after_sets_the_minimum_life() {
+    let maker = Maker::always_connect();
+    let handle = graceful_layer(&maker, Some(secs(3)));
+    handle.connected().await.unwrap();
+    tokio::time::sleep(secs(2)).await;
+    maker.conn(0).close_gracefully();
+    tokio::time::sleep(secs(8)).await;
+    settle().await;
+    assert_eq!(maker.attempt_times(), [secs(0), secs(10)]);
+
+    tokio::time::sleep(secs(4)).await;
+    maker.conn(1).close_gracefully();
+    settle().await;
+    assert_eq!(maker.attempt_times(), [secs(0), secs(10), secs(14)]);
+}

@@ -223,6 +223,8 @@ struct ConnInner {
     /// Registers no waker when busy, like hyper's HTTP/2 `SendRequest`.
     silent: AtomicBool,
     closed: watch::Sender<bool>,
+    /// Whether the close signal reports a graceful close.
+    graceful: Arc<AtomicBool>,
     calls: AtomicUsize,
     polls: AtomicUsize,
     live: Arc<AtomicUsize>,
@@ -246,6 +248,7 @@ impl Conn {
                 busy: AtomicBool::new(false),
                 silent: AtomicBool::new(false),
                 closed: watch::Sender::new(false),
+                graceful: Arc::new(AtomicBool::new(false)),
                 calls: AtomicUsize::new(0),
                 polls: AtomicUsize::new(0),
                 live,
@@ -268,9 +271,18 @@ impl Conn {
         self.wake();
     }
 
-    /// Marks the connection dead and fires its close signal.
+    /// Marks the connection dead and fires its close signal, as an error close.
     pub fn kill(&self) {
         self.fail();
+        self.inner.graceful.store(false, Ordering::SeqCst);
+        self.inner.closed.send_replace(true);
+    }
+
+    /// Marks the connection dead and fires its close signal, as a graceful close (the
+    /// server's goodbye).
+    pub fn close_gracefully(&self) {
+        self.fail();
+        self.inner.graceful.store(true, Ordering::SeqCst);
         self.inner.closed.send_replace(true);
     }
 
@@ -302,9 +314,14 @@ impl Conn {
     /// The close-signal future for this connection (for `close_signal`).
     pub fn closed(&self) -> impl Future<Output = CloseReason> + Send + use<> {
         let mut rx = self.inner.closed.subscribe();
+        let graceful = self.inner.graceful.clone();
         async move {
             let _ = rx.wait_for(|closed| *closed).await;
-            CloseReason::Error("connection killed".into())
+            if graceful.load(Ordering::SeqCst) {
+                CloseReason::Graceful
+            } else {
+                CloseReason::Error("connection killed".into())
+            }
         }
     }
 
