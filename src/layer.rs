@@ -132,6 +132,12 @@ impl<A: Send + 'static> PersistentConnectionLayer<A> {
 }
 
 impl<A, E, C> PersistentConnectionLayer<A, E, C> {
+    /// The configured server name.
+    #[cfg(feature = "hyper")]
+    pub(crate) fn name(&self) -> &str {
+        &self.server_name
+    }
+
     /// The server's name, for logs (the field `persistent_connection_to` of every log line)
     /// and `Debug` output. Default is `"unnamed"`.
     pub fn server_name(mut self, name: impl Into<String>) -> Self {

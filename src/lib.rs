@@ -255,6 +255,9 @@ mod driver;
 mod error;
 mod event;
 mod handle;
+#[cfg(feature = "hyper")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
+pub mod http;
 mod layer;
 mod load;
 mod retry;

@@ -1,0 +1,389 @@
+//! [`Http2Connector`]: dials TCP, performs the hyper HTTP/2 handshake, waits for the server's
+//! preface, and returns an [`Http2Connection`].
+
+use std::{
+    fmt,
+    future::Future,
+    marker::PhantomData,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::{Request, Response};
+use http_body::Body;
+use hyper::{body::Incoming, client::conn::http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::watch;
+use tower_service::Service;
+
+use super::{
+    Dial, InvalidOrigin, Origin, origin_for,
+    sniff::{Sniff, Status},
+};
+use crate::{BoxError, CloseReason, OnEvent, PersistentConnection, PersistentConnectionLayer};
+
+/// The default interval of HTTP/2 keep-alive pings.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// The default time to wait for a ping's answer before the connection counts as dead.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A maker of HTTP/2 connections: `Service<A>` for any [`Dial`] address, whose response is an
+/// [`Http2Connection<B>`] (`B` is the request body type).
+///
+/// For each address it dials TCP (with `TCP_NODELAY`), performs the HTTP/2 handshake, spawns
+/// the connection task, and waits for the server's first frame before it reports success: a
+/// server that accepts TCP and closes at once is a failed attempt, not a connection.
+///
+/// Keep-alive is on by default (a ping every 10 s, also while idle, answered within 20 s), so a
+/// silently dead peer (blackholed, half-open) is noticed within the keep-alive timeout, and
+/// requests on it fail instead of hanging.
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use std::time::Duration;
+/// use persistent_connection::{PersistentConnectionLayer, http::Http2Connector};
+/// use http_body_util::Empty;
+/// use bytes::Bytes;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let connector = Http2Connector::<Empty<Bytes>>::new()
+///     .keep_alive_interval(Some(Duration::from_secs(30)))
+///     .initial_stream_window_size(1 << 20);
+/// let addr: SocketAddr = "127.0.0.1:50051".parse().unwrap();
+/// let svc = PersistentConnectionLayer::fixed_address(addr)
+///     .server_name("billing")
+///     .http2(connector); // wires the close signal; requests get authority "billing"
+/// # drop(svc);
+/// # }
+/// ```
+pub struct Http2Connector<B> {
+    builder: http2::Builder<TokioExecutor>,
+    origin: Option<Arc<Origin>>,
+    _body: PhantomData<fn(B)>,
+}
+
+impl<B> Http2Connector<B> {
+    /// A connector with hyper's HTTP/2 defaults, and keep-alive on.
+    pub fn new() -> Self {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        Self {
+            builder,
+            origin: None,
+            _body: PhantomData,
+        }
+    }
+
+    /// The scheme and authority given to requests whose URI has none (tonic sends path-only
+    /// URIs): `"http://billing"` or `"billing:8080"` (scheme `http` by default). Use a
+    /// logical name: it stays the same when the client moves to another replica.
+    ///
+    /// Default is the layer's server name when applied with
+    /// [`PersistentConnectionLayer::http2`], else the dialed address.
+    ///
+    /// # Panics
+    ///
+    /// If `origin` is not `[scheme://]host[:port]`; see [`try_origin`](Self::try_origin).
+    pub fn origin(self, origin: &str) -> Self {
+        match self.try_origin(origin) {
+            Ok(connector) => connector,
+            Err(error) => panic!("Http2Connector::origin: {error}"),
+        }
+    }
+
+    /// Like [`origin`](Self::origin), but returns an error for an invalid origin.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidOrigin`] if `origin` is not `[scheme://]host[:port]`.
+    pub fn try_origin(mut self, origin: &str) -> Result<Self, InvalidOrigin> {
+        self.origin = Some(Arc::new(Origin::parse(origin)?));
+        Ok(self)
+    }
+
+    pub(crate) fn has_origin(&self) -> bool {
+        self.origin.is_some()
+    }
+
+    /// The interval of keep-alive pings; `None` turns keep-alive off (then a silently dead
+    /// peer is only noticed by TCP, after minutes). Default is 10 seconds.
+    pub fn keep_alive_interval(mut self, interval: Option<Duration>) -> Self {
+        self.builder.keep_alive_interval(interval);
+        self
+    }
+
+    /// How long to wait for a ping's answer before the connection counts as dead. Default is
+    /// 20 seconds.
+    pub fn keep_alive_timeout(mut self, timeout: Duration) -> Self {
+        self.builder.keep_alive_timeout(timeout);
+        self
+    }
+
+    /// Whether to ping while no request is in flight. Default is `true`: an idle connection
+    /// is checked too, so it is replaced before a request needs it.
+    pub fn keep_alive_while_idle(mut self, enabled: bool) -> Self {
+        self.builder.keep_alive_while_idle(enabled);
+        self
+    }
+
+    /// The initial flow-control window of each stream, in bytes. Default is hyper's (5 MiB).
+    pub fn initial_stream_window_size(mut self, size: u32) -> Self {
+        self.builder.initial_stream_window_size(size);
+        self
+    }
+
+    /// The initial flow-control window of the connection, in bytes. Default is hyper's
+    /// (5 MiB).
+    pub fn initial_connection_window_size(mut self, size: u32) -> Self {
+        self.builder.initial_connection_window_size(size);
+        self
+    }
+
+    /// Whether to size the flow-control windows adaptively (BDP estimation), overriding the
+    /// window sizes. Default is `false`.
+    pub fn adaptive_window(mut self, enabled: bool) -> Self {
+        self.builder.adaptive_window(enabled);
+        self
+    }
+
+    /// How many streams this client opens at once before the server's SETTINGS say how many
+    /// it allows (after that, the server's limit applies). Default is hyper's (100).
+    pub fn initial_max_send_streams(mut self, max: usize) -> Self {
+        self.builder.initial_max_send_streams(max);
+        self
+    }
+
+    /// How many concurrent streams the server may open toward this client (server push).
+    /// Default is hyper's (no limit set).
+    pub fn max_concurrent_streams(mut self, max: u32) -> Self {
+        self.builder.max_concurrent_streams(max);
+        self
+    }
+
+    /// The underlying hyper builder, for the settings not exposed here.
+    pub fn builder_mut(&mut self) -> &mut http2::Builder<TokioExecutor> {
+        &mut self.builder
+    }
+}
+
+impl<B> Default for Http2Connector<B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B> Clone for Http2Connector<B> {
+    fn clone(&self) -> Self {
+        Self {
+            builder: self.builder.clone(),
+            origin: self.origin.clone(),
+            _body: PhantomData,
+        }
+    }
+}
+
+impl<B> fmt::Debug for Http2Connector<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Http2Connector")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A, B> Service<A> for Http2Connector<B>
+where
+    A: Dial,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Http2Connection<B>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Http2Connection<B>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, address: A) -> Self::Future {
+        let builder = self.builder.clone();
+        let origin = origin_for(&self.origin, &address);
+        Box::pin(async move {
+            let stream = address.dial().await?;
+            let status = Arc::new(watch::Sender::new(Status::default()));
+            let io = TokioIo::new(Sniff::new(stream, status.clone()));
+            let (send, connection) = builder.handshake::<_, B>(io).await?;
+            let ended = status.clone();
+            tokio::spawn(async move {
+                let result = connection.await;
+                ended.send_modify(|status| status.ended = Some(result.map_err(Arc::new)));
+            });
+
+            // hyper's handshake returns before the server has said anything: wait for its
+            // preface, so a server that accepts and closes at once is no connection.
+            let mut observed = status.subscribe();
+            let preface = observed
+                .wait_for(|status| status.preface || status.ended.is_some())
+                .await
+                .map(|status| status.preface)
+                .unwrap_or(false);
+            if !preface {
+                return Err(ended_error(&status.borrow()).into());
+            }
+            Ok(Http2Connection {
+                send,
+                origin,
+                status: observed,
+            })
+        })
+    }
+}
+
+/// Why a connection ended before or without its preface.
+fn ended_error(status: &Status) -> String {
+    match &status.ended {
+        Some(Err(error)) => {
+            format!("HTTP/2 connection failed before the server's preface: {error}")
+        }
+        _ => "the server closed the connection before its HTTP/2 preface".to_owned(),
+    }
+}
+
+/// An HTTP/2 connection: a cloneable `Service<http::Request<B>>` over one hyper connection.
+///
+/// Clones share the connection, and requests on it are multiplexed. The connection task
+/// ends, closing the connection, once every clone is dropped. Requests whose URI has no
+/// scheme and authority get the connector's origin.
+///
+/// `poll_ready` fails once the connection has ended or the server has sent `GOAWAY` (so new
+/// requests go to the next connection, while the streams in flight finish on this one).
+pub struct Http2Connection<B> {
+    send: http2::SendRequest<B>,
+    origin: Arc<Origin>,
+    status: watch::Receiver<Status>,
+}
+
+impl<B> Http2Connection<B> {
+    /// Resolves when the connection has ended or the server has sent `GOAWAY`: the close
+    /// signal for [`PersistentConnectionLayer::close_signal`]. `GOAWAY` and a clean end are
+    /// graceful; a reset, an I/O error or a keep-alive timeout is an error.
+    pub fn closed(&self) -> impl Future<Output = CloseReason> + Send + use<B> {
+        let mut status = self.status.clone();
+        async move {
+            let status = status
+                .wait_for(|status| status.goaway || status.ended.is_some())
+                .await
+                .map(|status| status.clone());
+            match status {
+                Ok(Status {
+                    ended: Some(Err(error)),
+                    goaway: false,
+                    ..
+                }) => CloseReason::Error(Box::new(ArcError(error))),
+                _ => CloseReason::Graceful,
+            }
+        }
+    }
+
+    /// Whether the connection has ended or the server has sent `GOAWAY`.
+    pub fn is_closed(&self) -> bool {
+        let status = self.status.borrow();
+        status.goaway || status.ended.is_some() || self.send.is_closed()
+    }
+}
+
+impl<B> Clone for Http2Connection<B> {
+    fn clone(&self) -> Self {
+        Self {
+            send: self.send.clone(),
+            origin: self.origin.clone(),
+            status: self.status.clone(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for Http2Connection<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Http2Connection")
+            .field("origin", &self.origin)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl<B> Service<Request<B>> for Http2Connection<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Incoming>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.status.borrow().goaway {
+            return Poll::Ready(Err(
+                "the server sent GOAWAY: this connection takes no new requests".into(),
+            ));
+        }
+        self.send.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        self.origin.apply(&mut request);
+        let response = self.send.send_request(request);
+        Box::pin(async move { response.await.map_err(Into::into) })
+    }
+}
+
+/// A shared hyper error, as an error of its own (`Arc<hyper::Error>` is not one).
+#[derive(Debug)]
+struct ArcError(Arc<hyper::Error>);
+
+impl fmt::Display for ArcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for ArcError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+// === PersistentConnectionLayer::http2 ===
+
+impl<A, E, C> PersistentConnectionLayer<A, E, C> {
+    /// Applies the layer to an HTTP/2 `connector`, with the connection's close signal wired
+    /// in ([`Http2Connection::closed`], replacing any [`close_signal`](Self::close_signal)
+    /// set before) and, unless the connector has an [origin](Http2Connector::origin), the
+    /// server name as the authority of path-only requests.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime, like [`Layer::layer`](tower_layer::Layer::layer).
+    pub fn http2<B>(self, connector: Http2Connector<B>) -> PersistentConnection<Http2Connection<B>>
+    where
+        A: Dial + PartialEq + fmt::Debug,
+        E: OnEvent<A, Http2Connection<B>>,
+        B: Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let connector = if connector.has_origin() {
+            connector
+        } else {
+            let named = connector.clone().try_origin(self.name());
+            named.unwrap_or(connector)
+        };
+        tower_layer::Layer::layer(&self.close_signal(Http2Connection::closed), connector)
+    }
+}
