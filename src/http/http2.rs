@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tower_service::Service;
 
 use super::{
-    Dial, InvalidOrigin, Origin, origin_for,
+    ArcError, Dial, InvalidOrigin, Origin, origin_for,
     sniff::{Sniff, Status},
 };
 use crate::{BoxError, CloseReason, OnEvent, PersistentConnection, PersistentConnectionLayer};
@@ -340,22 +340,6 @@ where
         self.origin.apply(&mut request);
         let response = self.send.send_request(request);
         Box::pin(async move { response.await.map_err(Into::into) })
-    }
-}
-
-/// A shared hyper error, as an error of its own (`Arc<hyper::Error>` is not one).
-#[derive(Debug)]
-struct ArcError(Arc<hyper::Error>);
-
-impl fmt::Display for ArcError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl std::error::Error for ArcError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.0)
     }
 }
 

@@ -1,4 +1,5 @@
-//! Makers for HTTP clients: [`Http2Connector`] and its [`Http2Connection`].
+//! Makers for HTTP clients: [`Http2Connector`] and [`Http1Connector`], and their
+//! connections.
 //!
 //! A connector is a `Service<A>` (for a [`SocketAddr`](std::net::SocketAddr), or a
 //! `host:port` name resolved on every attempt) that dials TCP with `TCP_NODELAY`, performs the
@@ -22,10 +23,11 @@
 //! [`PersistentConnectionLayer::http2`]: crate::PersistentConnectionLayer::http2
 
 mod dial;
+mod http1;
 mod http2;
 mod sniff;
 
-use std::sync::Arc;
+use std::{fmt, sync::Arc};
 
 use http::{
     Request, Uri,
@@ -34,6 +36,7 @@ use http::{
 
 pub use self::{
     dial::Dial,
+    http1::{Http1Connection, Http1Connector},
     http2::{Http2Connection, Http2Connector},
 };
 
@@ -109,6 +112,23 @@ fn origin_for<A: Dial>(configured: &Option<Arc<Origin>>, address: &A) -> Arc<Ori
         }))
     })
 }
+
+/// A shared hyper error, as an error of its own (`Arc<hyper::Error>` is not one).
+#[derive(Debug)]
+pub(crate) struct ArcError(pub(crate) Arc<hyper::Error>);
+
+impl fmt::Display for ArcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for ArcError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
 
 #[cfg(test)]
 mod tests {
