@@ -70,6 +70,8 @@ pub(crate) const DEFAULT_GRACEFUL_RECONNECT_AFTER: Duration = Duration::from_sec
 pub struct PersistentConnectionLayer<A, E = (), C = ()> {
     get_address: GetAddress<A>,
     server_name: Arc<str>,
+    /// Whether `server_name` was set (else it is the default, `"unnamed"`).
+    named: bool,
     retry_delay: DelayFn,
     jitter: f64,
     rng_seed: Option<u64>,
@@ -119,6 +121,7 @@ impl<A: Send + 'static> PersistentConnectionLayer<A> {
         Self {
             get_address,
             server_name: Arc::from("unnamed"),
+            named: false,
             retry_delay: Arc::new(|| DEFAULT_RETRY_DELAY),
             jitter: DEFAULT_JITTER,
             rng_seed: None,
@@ -132,16 +135,17 @@ impl<A: Send + 'static> PersistentConnectionLayer<A> {
 }
 
 impl<A, E, C> PersistentConnectionLayer<A, E, C> {
-    /// The configured server name.
+    /// The server name, if one was set.
     #[cfg(feature = "hyper")]
-    pub(crate) fn name(&self) -> &str {
-        &self.server_name
+    pub(crate) fn explicit_name(&self) -> Option<&str> {
+        self.named.then_some(&*self.server_name)
     }
 
     /// The server's name, for logs (the field `persistent_connection_to` of every log line)
     /// and `Debug` output. Default is `"unnamed"`.
     pub fn server_name(mut self, name: impl Into<String>) -> Self {
         self.server_name = Arc::from(name.into());
+        self.named = true;
         self
     }
 
@@ -240,6 +244,7 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
         PersistentConnectionLayer {
             get_address: self.get_address,
             server_name: self.server_name,
+            named: self.named,
             retry_delay: self.retry_delay,
             jitter: self.jitter,
             rng_seed: self.rng_seed,
@@ -261,6 +266,7 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
         PersistentConnectionLayer {
             get_address: self.get_address,
             server_name: self.server_name,
+            named: self.named,
             retry_delay: self.retry_delay,
             jitter: self.jitter,
             rng_seed: self.rng_seed,
@@ -328,6 +334,7 @@ impl<A, E, C> Clone for PersistentConnectionLayer<A, E, C> {
         Self {
             get_address: self.get_address.clone(),
             server_name: self.server_name.clone(),
+            named: self.named,
             retry_delay: self.retry_delay.clone(),
             jitter: self.jitter,
             rng_seed: self.rng_seed,

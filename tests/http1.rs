@@ -148,7 +148,8 @@ async fn next_event(rx: &mut EventNames, name: &str) {
 }
 
 /// Requests get a `Host` header (hyper's low-level client adds none): the server name with
-/// `http1()`, or the connector's origin, and one connection carries them all.
+/// `http1()` (the dialed address when no name was set), or the connector's origin, and one
+/// connection carries them all.
 #[tokio::test]
 async fn requests_get_a_host_header_and_reuse_the_connection() {
     let server = Server::start(Duration::ZERO).await;
@@ -163,6 +164,17 @@ async fn requests_get_a_host_header_and_reuse_the_connection() {
         assert_eq!(text(reply).await, format!("host=billing path=/r{i}"));
     }
     assert_eq!(server.accepted(), 1);
+
+    // Without a server name, the dialed address (not the default name "unnamed").
+    let svc = PersistentConnectionLayer::fixed_address(server.address).http1(Http1Connector::new());
+    let reply = timeout(GUARD, svc.oneshot(get("/y")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        text(reply).await,
+        format!("host={} path=/y", server.address)
+    );
 
     let svc = PersistentConnectionLayer::fixed_address(server.address)
         .http1(Http1Connector::new().origin("http://billing.internal:8080"));

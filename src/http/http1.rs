@@ -62,7 +62,7 @@ impl<B> Http1Connector<B> {
     /// The `Host` given to requests that have none: `"billing"` or `"http://billing:8080"`.
     /// Use a logical name: it stays the same when the client moves to another replica.
     ///
-    /// Default is the layer's server name when applied with
+    /// Default is the layer's server name, if one was set, when applied with
     /// [`PersistentConnectionLayer::http1`], else the dialed address.
     ///
     /// # Panics
@@ -342,8 +342,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl<A, E, C> PersistentConnectionLayer<A, E, C> {
     /// Applies the layer to an HTTP/1 `connector`, with the connection's close signal wired
     /// in ([`Http1Connection::closed`], replacing any close signal set before) and, unless the
-    /// connector has an [origin](Http1Connector::origin), the server name as the `Host` of
-    /// requests that have none.
+    /// connector has an [origin](Http1Connector::origin), the server name (if one was
+    /// [set](Self::server_name)) as the `Host` of requests that have none.
     ///
     /// # Panics
     ///
@@ -356,11 +356,18 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let connector = if connector.origin.is_some() {
-            connector
-        } else {
-            let named = connector.clone().try_origin(self.name());
-            named.unwrap_or(connector)
+        let connector = match self.explicit_name() {
+            Some(name) if connector.origin.is_none() => {
+                connector.clone().try_origin(name).unwrap_or_else(|error| {
+                    tracing::warn!(
+                        persistent_connection_to = %name,
+                        %error,
+                        "the server name is not a valid authority; requests without one get the dialed address",
+                    );
+                    connector
+                })
+            }
+            _ => connector,
         };
         tower_layer::Layer::layer(&self.close_signal(Http1Connection::closed), connector)
     }

@@ -84,7 +84,7 @@ impl<B> Http2Connector<B> {
     /// URIs): `"http://billing"` or `"billing:8080"` (scheme `http` by default). Use a
     /// logical name: it stays the same when the client moves to another replica.
     ///
-    /// Default is the layer's server name when applied with
+    /// Default is the layer's server name, if one was set, when applied with
     /// [`PersistentConnectionLayer::http2`], else the dialed address.
     ///
     /// # Panics
@@ -105,10 +105,6 @@ impl<B> Http2Connector<B> {
     pub fn try_origin(mut self, origin: &str) -> Result<Self, InvalidOrigin> {
         self.origin = Some(Arc::new(Origin::parse(origin)?));
         Ok(self)
-    }
-
-    pub(crate) fn has_origin(&self) -> bool {
-        self.origin.is_some()
     }
 
     /// The interval of keep-alive pings; `None` turns keep-alive off (then a silently dead
@@ -349,7 +345,7 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
     /// Applies the layer to an HTTP/2 `connector`, with the connection's close signal wired
     /// in ([`Http2Connection::closed`], replacing any [`close_signal`](Self::close_signal)
     /// set before) and, unless the connector has an [origin](Http2Connector::origin), the
-    /// server name as the authority of path-only requests.
+    /// server name (if one was [set](Self::server_name)) as the authority of path-only requests.
     ///
     /// # Panics
     ///
@@ -362,11 +358,18 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let connector = if connector.has_origin() {
-            connector
-        } else {
-            let named = connector.clone().try_origin(self.name());
-            named.unwrap_or(connector)
+        let connector = match self.explicit_name() {
+            Some(name) if connector.origin.is_none() => {
+                connector.clone().try_origin(name).unwrap_or_else(|error| {
+                    tracing::warn!(
+                        persistent_connection_to = %name,
+                        %error,
+                        "the server name is not a valid authority; requests without one get the dialed address",
+                    );
+                    connector
+                })
+            }
+            _ => connector,
         };
         tower_layer::Layer::layer(&self.close_signal(Http2Connection::closed), connector)
     }

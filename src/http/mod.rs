@@ -129,7 +129,6 @@ impl std::error::Error for ArcError {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
