@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
 
-use super::{ArcError, Dial, InvalidOrigin, Origin, origin_for, sniff::Status};
+use super::{ArcError, Dial, InvalidOrigin, Origin, name_origin, origin_for, sniff::Status};
 use crate::{BoxError, CloseReason, OnEvent, PersistentConnection, PersistentConnectionLayer};
 
 /// A maker of HTTP/1 connections: `Service<A>` for any [`Dial`] address, whose response is an
@@ -356,19 +356,8 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let connector = match self.explicit_name() {
-            Some(name) if connector.origin.is_none() => {
-                connector.clone().try_origin(name).unwrap_or_else(|error| {
-                    tracing::warn!(
-                        persistent_connection_to = %name,
-                        %error,
-                        "the server name is not a valid authority; requests without one get the dialed address",
-                    );
-                    connector
-                })
-            }
-            _ => connector,
-        };
+        let mut connector = connector;
+        name_origin(&mut connector.origin, self.explicit_name());
         tower_layer::Layer::layer(&self.close_signal(Http1Connection::closed), connector)
     }
 }

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tower_service::Service;
 
 use super::{
-    ArcError, Dial, InvalidOrigin, Origin, origin_for,
+    ArcError, Dial, InvalidOrigin, Origin, name_origin, origin_for,
     sniff::{Sniff, Status},
 };
 use crate::{BoxError, CloseReason, OnEvent, PersistentConnection, PersistentConnectionLayer};
@@ -358,19 +358,8 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let connector = match self.explicit_name() {
-            Some(name) if connector.origin.is_none() => {
-                connector.clone().try_origin(name).unwrap_or_else(|error| {
-                    tracing::warn!(
-                        persistent_connection_to = %name,
-                        %error,
-                        "the server name is not a valid authority; requests without one get the dialed address",
-                    );
-                    connector
-                })
-            }
-            _ => connector,
-        };
+        let mut connector = connector;
+        name_origin(&mut connector.origin, self.explicit_name());
         tower_layer::Layer::layer(&self.close_signal(Http2Connection::closed), connector)
     }
 }

@@ -102,6 +102,22 @@ impl std::fmt::Display for InvalidOrigin {
 
 impl std::error::Error for InvalidOrigin {}
 
+/// Makes the layer's server name (if one was set) the origin, unless one is configured. A
+/// name that is not a valid authority is logged and ignored.
+fn name_origin(origin: &mut Option<Arc<Origin>>, server_name: Option<&str>) {
+    let Some(name) = server_name.filter(|_| origin.is_none()) else {
+        return;
+    };
+    match Origin::parse(name) {
+        Ok(named) => *origin = Some(Arc::new(named)),
+        Err(error) => tracing::warn!(
+            persistent_connection_to = %name,
+            %error,
+            "the server name is not a valid authority; requests without one get the dialed address",
+        ),
+    }
+}
+
 /// The origin a connection uses: the configured one, or else the dialed address's.
 fn origin_for<A: Dial>(configured: &Option<Arc<Origin>>, address: &A) -> Arc<Origin> {
     configured.clone().unwrap_or_else(|| {
