@@ -348,7 +348,10 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
     /// # Panics
     ///
     /// Outside a Tokio runtime, like [`Layer::layer`](tower_layer::Layer::layer).
-    pub fn http1<B>(self, connector: Http1Connector<B>) -> PersistentConnection<Http1Connection<B>>
+    pub fn http1<B>(
+        self,
+        mut connector: Http1Connector<B>,
+    ) -> PersistentConnection<Http1Connection<B>>
     where
         A: Dial + PartialEq + fmt::Debug,
         E: OnEvent<A, Http1Connection<B>>,
@@ -356,7 +359,6 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let mut connector = connector;
         name_origin(&mut connector.origin, self.explicit_name());
         tower_layer::Layer::layer(&self.close_signal(Http1Connection::closed), connector)
     }

@@ -350,7 +350,10 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
     /// # Panics
     ///
     /// Outside a Tokio runtime, like [`Layer::layer`](tower_layer::Layer::layer).
-    pub fn http2<B>(self, connector: Http2Connector<B>) -> PersistentConnection<Http2Connection<B>>
+    pub fn http2<B>(
+        self,
+        mut connector: Http2Connector<B>,
+    ) -> PersistentConnection<Http2Connection<B>>
     where
         A: Dial + PartialEq + fmt::Debug,
         E: OnEvent<A, Http2Connection<B>>,
@@ -358,7 +361,6 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let mut connector = connector;
         name_origin(&mut connector.origin, self.explicit_name());
         tower_layer::Layer::layer(&self.close_signal(Http2Connection::closed), connector)
     }
