@@ -4,6 +4,7 @@
 use std::{
     fmt,
     future::Future,
+    io,
     marker::PhantomData,
     pin::Pin,
     sync::Arc,
@@ -211,10 +212,19 @@ where
         let builder = self.builder.clone();
         let origin = origin_for(&self.origin, &address);
         Box::pin(async move {
-            let stream = address.dial().await?;
+            let stream = address.dial().await.map_err(|error| match error.kind() {
+                // The server took the connection and dropped it at once.
+                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
+                    NoPreface::because(error.into())
+                }
+                _ => BoxError::from(error),
+            })?;
             let status = Arc::new(watch::Sender::new(Status::default()));
             let io = TokioIo::new(Sniff::new(stream, status.clone()));
-            let (send, connection) = builder.handshake::<_, B>(io).await?;
+            let (send, connection) = builder
+                .handshake::<_, B>(io)
+                .await
+                .map_err(|error| NoPreface::because(error.into()))?;
             let ended = status.clone();
             tokio::spawn(async move {
                 let result = connection.await;
@@ -230,7 +240,11 @@ where
                 .map(|status| status.preface)
                 .unwrap_or(false);
             if !preface {
-                return Err(ended_error(&status.borrow()).into());
+                let ended = status.borrow().ended.clone();
+                return Err(match ended {
+                    Some(Err(error)) => NoPreface::because(Box::new(ArcError(error))),
+                    _ => NoPreface::because("the server closed the connection".into()),
+                });
             }
             Ok(Http2Connection {
                 send,
@@ -241,13 +255,27 @@ where
     }
 }
 
-/// Why a connection ended before or without its preface.
-fn ended_error(status: &Status) -> String {
-    match &status.ended {
-        Some(Err(error)) => {
-            format!("HTTP/2 connection failed before the server's preface: {error}")
-        }
-        _ => "the server closed the connection before its HTTP/2 preface".to_owned(),
+/// The server took the TCP connection but never sent its HTTP/2 preface: it closed or reset
+/// the connection, or does not speak HTTP/2. One text whatever the step it failed at (so the
+/// failures of an outage are reported once); the detail is the `source()`.
+#[derive(Debug)]
+struct NoPreface(BoxError);
+
+impl NoPreface {
+    fn because(cause: BoxError) -> BoxError {
+        Box::new(Self(cause))
+    }
+}
+
+impl fmt::Display for NoPreface {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("no HTTP/2 preface from the server (it closed the connection, or does not speak HTTP/2)")
+    }
+}
+
+impl std::error::Error for NoPreface {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
     }
 }
 
