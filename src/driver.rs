@@ -132,12 +132,34 @@ enum Disconnect {
     Failed(BoxError),
 }
 
+/// The reason a close signal gave, or the panic it ended with.
+fn signal_reason(reason: std::thread::Result<CloseReason>) -> CloseReason {
+    reason.unwrap_or_else(|panic| {
+        CloseReason::Error(format!("close signal panicked: {}", panic_message(&*panic)).into())
+    })
+}
+
+/// For the log: the connection's error with its causes (hyper's own text leaves out the
+/// cause, e.g. "connection error" for a reset).
 impl fmt::Display for Disconnect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Signal(reason) => fmt::Display::fmt(reason, f),
-            Self::Failed(error) => write!(f, "poll_ready failed: {error}"),
+        let (prefix, error): (&str, &(dyn std::error::Error + 'static)) = match self {
+            Self::Signal(CloseReason::Error(error)) => ("closed with error", &**error),
+            Self::Signal(reason) => return fmt::Display::fmt(reason, f),
+            Self::Failed(error) => ("poll_ready failed", &**error),
+        };
+        write!(f, "{prefix}: {error}")?;
+        let mut last = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !last.contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            last = text;
+            source = cause.source();
         }
+        Ok(())
     }
 }
 
@@ -304,7 +326,13 @@ where
                     Some(Command::CloseAfterCurrent) => self.close_after_current = true,
                     Some(Command::ReconnectNow) => {}
                     Some(Command::Failed { word: failed, error }) if failed == word => {
-                        break Ok(Disconnect::Failed(error));
+                        // A connection that says goodbye (GOAWAY) fails `poll_ready` and fires
+                        // its close signal at once; a clone's report may arrive first. The
+                        // signal says more (a graceful close reconnects at once): prefer it.
+                        break Ok(match closed.as_mut().now_or_never() {
+                            Some(reason) => Disconnect::Signal(signal_reason(reason)),
+                            None => Disconnect::Failed(error),
+                        });
                     }
                     Some(Command::Failed { word: failed, .. }) => trace!(
                         persistent_connection_to = %self.shared.server_name,
@@ -313,11 +341,7 @@ where
                         "ignoring a failure report about an older connection",
                     ),
                 },
-                reason = &mut closed => break Ok(Disconnect::Signal(reason.unwrap_or_else(|panic| {
-                    CloseReason::Error(
-                        format!("close signal panicked: {}", panic_message(&*panic)).into(),
-                    )
-                }))),
+                reason = &mut closed => break Ok(Disconnect::Signal(signal_reason(reason))),
             }
         };
         // Every `Connected` is followed by a `Disconnected`, also when the driver stops.
