@@ -260,6 +260,8 @@ mod handle;
 pub mod http;
 mod layer;
 mod load;
+#[cfg(all(test, loom))]
+mod loom_tests;
 mod retry;
 mod service;
 mod shared;
