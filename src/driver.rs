@@ -299,12 +299,12 @@ where
             service: connection,
             closed,
         } = connection;
+        self.shared.set_phase(Phase::Connected);
+        self.shared.finish_attempt(None);
         let word = self
             .shared
             .publish(connection.clone())
             .ok_or(Stop::Closed)?;
-        self.shared.set_phase(Phase::Connected);
-        self.shared.finish_attempt(None);
         self.inbox.reconnect_now = false;
         let connected_at = Instant::now();
         // The driver keeps no copy: after this the connection lives in the shared state and

@@ -182,14 +182,19 @@ impl<S> Shared<S> {
         self.ended.load(Ordering::Acquire)
     }
 
-    /// Records the outcome of a finished attempt (`None` for success) and wakes everyone.
+    /// Records the outcome of a finished attempt (`None` for success). A failure wakes
+    /// everyone (a `connected_or_failed_to_connect` waiter wants it); a success does not, as
+    /// the [`publish`](Self::publish) that follows it wakes everyone anyway.
     pub(crate) fn finish_attempt(&self, error: Option<ConnectError>) {
+        let failed = error.is_some();
         {
             let mut attempts = lock(&self.attempts);
             attempts.finished += 1;
             attempts.last_error = error;
         }
-        self.wake_all();
+        if failed {
+            self.wake_all();
+        }
     }
 
     /// How many attempts have finished, and the error of the latest one if it failed.
