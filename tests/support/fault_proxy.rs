@@ -8,7 +8,7 @@
 //! | `Refuse` | refused (`ECONNREFUSED`): the listening socket is closed | still relayed |
 //! | `AcceptClose` | accepted, then closed at once (FIN) | closed (FIN to both sides) |
 //! | `Reset` | accepted, then reset at once (RST) | reset (RST to both sides) |
-//! | `Blackhole` | accepted, upstream dialed, every byte dropped | every byte (and a close) dropped, both ways: a silent, half-open peer |
+//! | `Blackhole` | accepted, upstream dialed, every byte dropped | every byte (and a close) dropped, both ways: a silent, half-open peer; a connection that lost a byte stays silent after the mode changes (its stream cannot resume) |
 //! | `Delay(d)` | relayed | each chunk read is held `d` before it is written (latency; throughput is unchanged) |
 //! | `Slice(n)` | relayed | each chunk is written in pieces of at most `n` bytes |
 //!
@@ -21,7 +21,10 @@
 use std::{
     io,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -199,8 +202,23 @@ async fn relay(
     let (client, server) = (Arc::new(client), Arc::new(server));
     let mut pumps = JoinSet::new();
     let counts = Some(open.0.clone());
-    pumps.spawn(pump(client.clone(), server.clone(), mode.clone(), counts));
-    pumps.spawn(pump(server.clone(), client.clone(), mode.clone(), None));
+    // Once a byte is lost to the blackhole, the connection stays silent: its streams cannot
+    // be resumed (real TCP would have resent what a partition dropped).
+    let lost = Arc::new(AtomicBool::new(false));
+    pumps.spawn(pump(
+        client.clone(),
+        server.clone(),
+        mode.clone(),
+        counts,
+        lost.clone(),
+    ));
+    pumps.spawn(pump(
+        server.clone(),
+        client.clone(),
+        mode.clone(),
+        None,
+        lost,
+    ));
     let reset = loop {
         tokio::select! {
             _ = pumps.join_next() => break false,
@@ -231,6 +249,7 @@ async fn pump(
     to: Arc<TcpStream>,
     mode: watch::Receiver<Mode>,
     from_client: Option<Arc<watch::Sender<Counts>>>,
+    lost: Arc<AtomicBool>,
 ) {
     let (queue, mut queued) = mpsc::unbounded_channel::<(Instant, Vec<u8>, usize)>();
     let writer = async move {
@@ -250,15 +269,21 @@ async fn pump(
                     if let Some(counts) = &from_client {
                         counts.send_modify(|c| c.closed_by_client += 1);
                     }
-                    if *mode.borrow() == Mode::Blackhole {
+                    if *mode.borrow() == Mode::Blackhole || lost.load(Ordering::SeqCst) {
                         std::future::pending::<()>().await;
                     }
                     break;
                 }
             };
             let now = Instant::now();
+            if lost.load(Ordering::SeqCst) {
+                continue;
+            }
             let (due, size) = match *mode.borrow() {
-                Mode::Blackhole => continue,
+                Mode::Blackhole => {
+                    lost.store(true, Ordering::SeqCst);
+                    continue;
+                }
                 Mode::Delay(delay) => (now + delay, usize::MAX),
                 Mode::Slice(size) => (now, size.max(1)),
                 _ => (now, usize::MAX),
