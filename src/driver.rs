@@ -39,7 +39,7 @@ use crate::{
     discover::GetAddress,
     error::ConnectError,
     event::{Event, OnEvent},
-    retry::Backoff,
+    retry::{Backoff, RetryContext},
     shared::{Phase, Shared, Word},
     sync::Arc,
 };
@@ -61,6 +61,8 @@ pub(crate) enum Command {
 enum Stop {
     /// `close()` or `close_after_current()`.
     Closed,
+    /// The retry policy gave up.
+    GaveUp,
     /// Every service clone and handle is gone.
     Abandoned,
 }
@@ -69,6 +71,7 @@ impl fmt::Display for Stop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Closed => "closed",
+            Self::GaveUp => "the retry policy gave up",
             Self::Abandoned => "every service clone and handle was dropped",
         })
     }
@@ -85,9 +88,13 @@ pub(crate) struct Driver<A, M: Service<A>, E, C> {
     /// A graceful close of a connection that lived at least this long is followed by an
     /// immediate reconnect.
     pub(crate) graceful_reconnect_after: Duration,
+    /// A connection that lived at least this long resets the retry policy's failure count.
+    pub(crate) flap_guard: Duration,
     pub(crate) on_event: std::sync::Arc<E>,
     pub(crate) close_signal: std::sync::Arc<C>,
     pub(crate) close_after_current: bool,
+    /// What the retry policy is told: failures in a row, the last connection's life.
+    pub(crate) streak: Streak,
     /// De-duplication state of the current cycle.
     pub(crate) cycle: Cycle<A>,
     /// Declared last so it runs after everything else the driver owns has been dropped.
@@ -106,6 +113,45 @@ impl<A> Default for Cycle<A> {
             address: None,
             error: None,
         }
+    }
+}
+
+/// The retry policy's view of the recent past; see [`RetryContext`].
+#[derive(Default)]
+pub(crate) struct Streak {
+    failures: u32,
+    last_connected_for: Option<Duration>,
+    last_error: Option<ConnectError>,
+}
+
+impl Streak {
+    fn context(&self) -> RetryContext<'_> {
+        RetryContext::new(
+            self.failures,
+            self.last_connected_for,
+            self.last_error.as_ref(),
+        )
+    }
+
+    fn failed(&mut self, error: ConnectError) {
+        self.failures = self.failures.saturating_add(1);
+        self.last_error = Some(error);
+    }
+
+    /// A connection ended after `lived`: it resets the count if it lived at least
+    /// `flap_guard`, else it counts as one more failure.
+    fn connection_ended(&mut self, lived: Duration, flap_guard: Duration) {
+        self.last_connected_for = Some(lived);
+        if lived >= flap_guard {
+            self.reset();
+        } else {
+            self.failures = self.failures.saturating_add(1);
+        }
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+        self.last_error = None;
     }
 }
 
@@ -178,6 +224,14 @@ where
     /// Runs cycles until the driver stops.
     pub(crate) async fn run(mut self) {
         let Err(stop) = self.run_cycles().await;
+        if let Stop::GaveUp = stop {
+            warn!(
+                persistent_connection_to = %self.shared.server_name,
+                consecutive_failures = self.streak.failures,
+                last_error = ?self.streak.last_error,
+                "the retry policy gave up; closing",
+            );
+        }
         debug!(
             persistent_connection_to = %self.shared.server_name,
             reason = ?stop,
@@ -229,12 +283,30 @@ where
             // The retry timer is armed just before the attempt, so the time an attempt takes
             // to fail counts toward the delay: a 3 s failure with a 10 s delay gives the next
             // attempt at 10 s, not 13 s.
+            //
+            // `reconnect_now()` resets the policy, as does a connection that lived at least
+            // the flap guard (see `serve_until_disconnected`).
             self.check_open()?;
-            let retry_at = Instant::now() + self.backoff.next_delay(&self.shared.server_name);
+            if std::mem::take(&mut self.inbox.reset_policy) {
+                self.streak.reset();
+            }
+            let Some(delay) = self
+                .backoff
+                .next_delay(&self.shared.server_name, &self.streak.context())
+            else {
+                // ## Connecting => Closed (the policy gave up)
+                let error = self.streak.last_error.clone();
+                self.shared
+                    .give_up(error.unwrap_or_else(ConnectError::closed));
+                return Err(Stop::GaveUp);
+            };
+            let retry_at = Instant::now() + delay;
+            self.shared.start_attempt(delay, self.streak.failures);
             self.shared.set_phase(Phase::Connecting);
             match self.attempt().await? {
                 Ok(connection) => return Ok((connection, retry_at)),
                 Err(error) => {
+                    self.streak.failed(error.clone());
                     self.shared.finish_attempt(Some(error.clone()));
                     self.emit(Event::FailedToConnect(error));
                     // ## Waiting => Connecting
@@ -306,6 +378,7 @@ where
             .publish(connection.clone())
             .ok_or(Stop::Closed)?;
         self.inbox.reconnect_now = false;
+        self.inbox.reset_policy = false;
         let connected_at = Instant::now();
         // The driver keeps no copy: after this the connection lives in the shared state and
         // in the service clones (and wherever the event hook put it).
@@ -346,6 +419,9 @@ where
         };
         // Every `Connected` is followed by a `Disconnected`, also when the driver stops.
         drop(self.shared.withdraw(word));
+        let lived = connected_at.elapsed();
+        self.streak.connection_ended(lived, self.flap_guard);
+        self.shared.disconnected(self.streak.failures);
         let reason = match &ended {
             Ok(disconnect) => disconnect.to_string(),
             Err(stop) => stop.to_string(),
@@ -353,13 +429,13 @@ where
         info!(
             persistent_connection_to = %self.shared.server_name,
             %reason,
-            connected_for = ?connected_at.elapsed(),
+            connected_for = ?lived,
             "disconnected",
         );
         self.emit(Event::Disconnected);
         let graceful = matches!(&ended, Ok(Disconnect::Signal(reason)) if reason.is_graceful());
         ended.map(|_| {
-            if graceful && connected_at.elapsed() >= self.graceful_reconnect_after {
+            if graceful && lived >= self.graceful_reconnect_after {
                 Ended::GracefullyAfterUse
             } else {
                 Ended::Otherwise
@@ -433,6 +509,8 @@ pub(crate) struct Inbox {
     pub(crate) commands: UnboundedReceiver<Command>,
     /// `reconnect_now` arrived while an attempt was running: skip the next wait.
     pub(crate) reconnect_now: bool,
+    /// `reconnect_now` arrived: reset the retry policy before the next attempt.
+    pub(crate) reset_policy: bool,
 }
 
 impl Inbox {
@@ -440,6 +518,7 @@ impl Inbox {
         Self {
             commands,
             reconnect_now: false,
+            reset_policy: false,
         }
     }
 
@@ -453,6 +532,7 @@ impl Inbox {
                 biased;
                 command = self.commands.recv() => if unconnected(command)? {
                     self.reconnect_now = true;
+                    self.reset_policy = true;
                 },
                 output = &mut future => return Ok(output),
             }
@@ -471,6 +551,7 @@ impl Inbox {
             tokio::select! {
                 biased;
                 command = self.commands.recv() => if unconnected(command)? {
+                    self.reset_policy = true;
                     return Ok(());
                 },
                 () = &mut sleep => return Ok(()),

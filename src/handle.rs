@@ -12,6 +12,7 @@ use crate::{
     driver::Command,
     error::{Closed, ConnectError},
     shared::{Phase, Shared, WaiterSlot},
+    stats::Stats,
     sync::Arc,
 };
 
@@ -79,8 +80,9 @@ impl<S: Clone + Send + 'static> Handle<S> {
     ///
     /// # Errors
     ///
-    /// The [`ConnectError`] of that attempt, or one of kind
-    /// [`Closed`](crate::ConnectErrorKind::Closed) once the persistent connection is closed.
+    /// The [`ConnectError`] of that attempt. Once the persistent connection is closed: the
+    /// error the [retry policy](crate::RetryPolicy) gave up with, if it did, else one of kind
+    /// [`Closed`](crate::ConnectErrorKind::Closed).
     pub fn connected_or_failed_to_connect(
         &self,
     ) -> impl Future<Output = Result<S, ConnectError>> + Send + use<S> {
@@ -89,7 +91,7 @@ impl<S: Clone + Send + 'static> Handle<S> {
         wait(self.shared.clone(), move || {
             let (word, connection) = shared.current();
             if word.is_closed() {
-                return Some(Err(ConnectError::closed()));
+                return Some(Err(shared.gave_up().unwrap_or_else(ConnectError::closed)));
             }
             if let Some(connection) = connection {
                 return Some(Ok(connection));
@@ -143,6 +145,32 @@ impl<S: Clone + Send + 'static> Handle<S> {
     /// Like gRPC's `ResetConnectBackoff`: for when you know the server is back.
     pub fn reconnect_now(&self) {
         let _ = self.commands.send(Command::ReconnectNow);
+    }
+
+    /// Counters: attempts, failures, connections, disconnections, the current connection's
+    /// age, the last error and the delay chosen for the next attempt.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use persistent_connection::PersistentConnectionLayer;
+    /// use tower::{Layer, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let maker = service_fn(|_: &'static str| async {
+    ///     Ok::<_, Infallible>(service_fn(|n: u32| async move { Ok::<_, Infallible>(n) }))
+    /// });
+    /// let svc = PersistentConnectionLayer::fixed_address("replica-1").layer(maker);
+    /// let handle = svc.handle();
+    /// handle.connected().await.unwrap();
+    ///
+    /// let stats = handle.stats();
+    /// assert_eq!((stats.attempts, stats.failed_attempts, stats.connections), (1, 0, 1));
+    /// assert!(stats.connected_for.is_some() && stats.last_error.is_none());
+    /// # }
+    /// ```
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
     }
 
     /// What the persistent connection is doing now.

@@ -18,10 +18,10 @@ use crate::{
     BoxError,
     close::CloseSignal,
     discover::{self, GetAddress},
-    driver::{Cycle, Driver, EndGuard, Inbox},
+    driver::{Cycle, Driver, EndGuard, Inbox, Streak},
     error::InvalidJitter,
     event::OnEvent,
-    retry::{Backoff, DEFAULT_JITTER, DEFAULT_RETRY_DELAY, DelayFn},
+    retry::{Backoff, Constant, DEFAULT_JITTER, RetryPolicy, SharedPolicy},
     service::PersistentConnection,
     shared::Shared,
 };
@@ -31,6 +31,9 @@ pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The default minimum life of a gracefully closed connection for an immediate reconnect.
 pub(crate) const DEFAULT_GRACEFUL_RECONNECT_AFTER: Duration = Duration::from_secs(1);
+
+/// The default minimum life of a connection that resets the retry policy.
+pub(crate) const DEFAULT_FLAP_GUARD: Duration = Duration::from_secs(1);
 
 /// Wraps a maker (a `Service<A>` whose response is the connection) in a
 /// [`PersistentConnection`] that keeps one connection up.
@@ -72,7 +75,7 @@ pub struct PersistentConnectionLayer<A, E = (), C = ()> {
     server_name: Arc<str>,
     /// Whether `server_name` was set (else it is the default, `"unnamed"`).
     named: bool,
-    retry_delay: DelayFn,
+    retry_policy: SharedPolicy,
     jitter: f64,
     rng_seed: Option<u64>,
     /// How many drivers this layer (and its clones) has started: each derives its own random
@@ -80,6 +83,7 @@ pub struct PersistentConnectionLayer<A, E = (), C = ()> {
     drivers: Arc<AtomicU64>,
     connect_timeout: Duration,
     graceful_reconnect_after: Duration,
+    flap_guard: Duration,
     on_event: Arc<E>,
     close_signal: Arc<C>,
 }
@@ -122,12 +126,13 @@ impl<A: Send + 'static> PersistentConnectionLayer<A> {
             get_address,
             server_name: Arc::from("unnamed"),
             named: false,
-            retry_delay: Arc::new(|| DEFAULT_RETRY_DELAY),
+            retry_policy: Arc::new(Constant::default()),
             jitter: DEFAULT_JITTER,
             rng_seed: None,
             drivers: Arc::new(AtomicU64::new(0)),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             graceful_reconnect_after: DEFAULT_GRACEFUL_RECONNECT_AFTER,
+            flap_guard: DEFAULT_FLAP_GUARD,
             on_event: Arc::new(()),
             close_signal: Arc::new(()),
         }
@@ -157,12 +162,51 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
     /// allowed; the driver still yields to the runtime between attempts. A panic in
     /// `retry_delay` is caught and logged, and the default delay is used for that attempt.
     ///
+    /// This is the seed's shape; for a delay that depends on the number of failures in a row,
+    /// or a policy that gives up, use [`retry_policy`](Self::retry_policy).
+    ///
     /// Default is a constant 10 seconds.
-    pub fn retry_delay(
-        mut self,
-        retry_delay: impl Fn() -> Duration + Send + Sync + 'static,
-    ) -> Self {
-        self.retry_delay = Arc::new(retry_delay);
+    pub fn retry_delay(self, retry_delay: impl Fn() -> Duration + Send + Sync + 'static) -> Self {
+        self.retry_policy(retry_delay)
+    }
+
+    /// Chooses the delay before each attempt with a [`RetryPolicy`], which sees the
+    /// [`RetryContext`](crate::RetryContext) (failures in a row, how long the last connection
+    /// lived, the last error) and may give up. The crate ships [`Constant`],
+    /// [`Exponential`](crate::Exponential) (with [`Exponential::grpc`](crate::Exponential::grpc)),
+    /// [`give_up_after`](RetryPolicy::give_up_after) and [`policy_fn`](crate::policy_fn); a
+    /// `Fn() -> Duration` closure is a policy too. [`jitter`](Self::jitter) applies to every
+    /// delay the policy returns, and the timer is armed just before each attempt, as with
+    /// [`retry_delay`](Self::retry_delay) (which this replaces, and vice versa).
+    ///
+    /// When the policy gives up, no further attempt is made and the persistent connection
+    /// closes: `poll_ready` returns [`Closed`](crate::Closed), and
+    /// [`Handle::connected_or_failed_to_connect`](crate::Handle::connected_or_failed_to_connect)
+    /// returns the last attempt's error.
+    ///
+    /// Default is `Constant::new(10 s)`.
+    ///
+    /// ```
+    /// use persistent_connection::{Exponential, PersistentConnectionLayer, RetryPolicy};
+    ///
+    /// let layer = PersistentConnectionLayer::fixed_address("127.0.0.1:50051")
+    ///     .retry_policy(Exponential::grpc().give_up_after(30));
+    /// # let _ = layer;
+    /// ```
+    pub fn retry_policy(mut self, policy: impl RetryPolicy) -> Self {
+        self.retry_policy = Arc::new(policy);
+        self
+    }
+
+    /// A connection must live at least `min_life` to reset the retry policy's count of
+    /// failures in a row; one that dies sooner counts as one more failure. So a server that
+    /// accepts every connection and drops it at once sees the delays of an
+    /// [`Exponential`](crate::Exponential) policy grow, rather than a reconnect every
+    /// `initial` delay (grpc#2988).
+    ///
+    /// Default is 1 second.
+    pub fn flap_guard(mut self, min_life: Duration) -> Self {
+        self.flap_guard = min_life;
         self
     }
 
@@ -245,12 +289,13 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
             get_address: self.get_address,
             server_name: self.server_name,
             named: self.named,
-            retry_delay: self.retry_delay,
+            retry_policy: self.retry_policy,
             jitter: self.jitter,
             rng_seed: self.rng_seed,
             drivers: self.drivers,
             connect_timeout: self.connect_timeout,
             graceful_reconnect_after: self.graceful_reconnect_after,
+            flap_guard: self.flap_guard,
             on_event: Arc::new(on_event),
             close_signal: self.close_signal,
         }
@@ -267,12 +312,13 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
             get_address: self.get_address,
             server_name: self.server_name,
             named: self.named,
-            retry_delay: self.retry_delay,
+            retry_policy: self.retry_policy,
             jitter: self.jitter,
             rng_seed: self.rng_seed,
             drivers: self.drivers,
             connect_timeout: self.connect_timeout,
             graceful_reconnect_after: self.graceful_reconnect_after,
+            flap_guard: self.flap_guard,
             on_event: self.on_event,
             close_signal: Arc::new(close_signal),
         }
@@ -312,15 +358,17 @@ where
             maker,
             get_address: self.get_address.clone(),
             backoff: Backoff::new(
-                self.retry_delay.clone(),
+                self.retry_policy.clone(),
                 self.jitter,
                 self.rng_seed.map(|seed| (seed, index)),
             ),
             connect_timeout: self.connect_timeout,
             graceful_reconnect_after: self.graceful_reconnect_after,
+            flap_guard: self.flap_guard,
             on_event: self.on_event.clone(),
             close_signal: self.close_signal.clone(),
             close_after_current: false,
+            streak: Streak::default(),
             cycle: Cycle::default(),
             _end: EndGuard(shared.clone()),
         };
@@ -335,12 +383,13 @@ impl<A, E, C> Clone for PersistentConnectionLayer<A, E, C> {
             get_address: self.get_address.clone(),
             server_name: self.server_name.clone(),
             named: self.named,
-            retry_delay: self.retry_delay.clone(),
+            retry_policy: self.retry_policy.clone(),
             jitter: self.jitter,
             rng_seed: self.rng_seed,
             drivers: self.drivers.clone(),
             connect_timeout: self.connect_timeout,
             graceful_reconnect_after: self.graceful_reconnect_after,
+            flap_guard: self.flap_guard,
             on_event: self.on_event.clone(),
             close_signal: self.close_signal.clone(),
         }
@@ -355,6 +404,7 @@ impl<A, E, C> fmt::Debug for PersistentConnectionLayer<A, E, C> {
             .field("rng_seed", &self.rng_seed)
             .field("connect_timeout", &self.connect_timeout)
             .field("graceful_reconnect_after", &self.graceful_reconnect_after)
+            .field("flap_guard", &self.flap_guard)
             .finish_non_exhaustive()
     }
 }

@@ -265,6 +265,7 @@ mod loom_tests;
 mod retry;
 mod service;
 mod shared;
+mod stats;
 mod sync;
 #[cfg(test)]
 mod tests;
@@ -276,8 +277,12 @@ pub use crate::{
     handle::{Handle, State},
     layer::PersistentConnectionLayer,
     load::ConnectionLoad,
-    retry::MAX_RETRY_DELAY,
+    retry::{
+        Constant, Exponential, GiveUpAfter, InvalidPolicy, MAX_RETRY_DELAY, PolicyFn, RetryContext,
+        RetryPolicy, policy_fn,
+    },
     service::{PersistentConnection, ResponseFuture},
+    stats::Stats,
 };
 
 /// The boxed error type of [`PersistentConnection`]'s `Service` impl.

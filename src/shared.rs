@@ -23,6 +23,7 @@ use slab::Slab;
 
 use crate::{
     error::ConnectError,
+    stats::Stats,
     sync::{AtomicBool, AtomicU64, Mutex, Ordering, lock},
 };
 
@@ -74,11 +75,22 @@ impl fmt::Debug for Word {
 
 // === Shared ===
 
-/// The result of the latest finished connection attempt, numbered.
+/// The counters behind [`Stats`], and the outcome of the latest finished attempt.
 #[derive(Default)]
-struct Attempts {
+struct Counters {
+    started: u64,
     finished: u64,
+    failed: u64,
+    connections: u64,
+    disconnections: u64,
+    /// Whether the latest finished attempt failed (with `last_error`).
+    latest_failed: bool,
     last_error: Option<ConnectError>,
+    connected_at: Option<tokio::time::Instant>,
+    next_delay: Option<std::time::Duration>,
+    consecutive_failures: u32,
+    /// Why the driver closed by itself: the error it gave up with.
+    gave_up: Option<ConnectError>,
 }
 
 /// What the driver is doing, for [`Handle::state`](crate::Handle::state).
@@ -97,7 +109,7 @@ pub(crate) struct Shared<S> {
     waiters: Mutex<Slab<Option<Waker>>>,
     /// Set by the driver's drop guard once the driver task has ended.
     ended: AtomicBool,
-    attempts: Mutex<Attempts>,
+    counters: Mutex<Counters>,
     phase: Mutex<Phase>,
     pub(crate) server_name: std::sync::Arc<str>,
 }
@@ -109,7 +121,7 @@ impl<S> Shared<S> {
             current: Mutex::new(None),
             waiters: Mutex::new(Slab::new()),
             ended: AtomicBool::new(false),
-            attempts: Mutex::new(Attempts::default()),
+            counters: Mutex::new(Counters::default()),
             phase: Mutex::new(Phase::Connecting),
             server_name,
         }
@@ -182,25 +194,76 @@ impl<S> Shared<S> {
         self.ended.load(Ordering::Acquire)
     }
 
+    /// Records the start of an attempt, with the delay armed before it and the failures in a
+    /// row so far.
+    pub(crate) fn start_attempt(&self, delay: std::time::Duration, consecutive_failures: u32) {
+        let mut counters = lock(&self.counters);
+        counters.started += 1;
+        counters.next_delay = Some(delay);
+        counters.consecutive_failures = consecutive_failures;
+    }
+
     /// Records the outcome of a finished attempt (`None` for success). A failure wakes
     /// everyone (a `connected_or_failed_to_connect` waiter wants it); a success does not, as
     /// the [`publish`](Self::publish) that follows it wakes everyone anyway.
     pub(crate) fn finish_attempt(&self, error: Option<ConnectError>) {
         let failed = error.is_some();
         {
-            let mut attempts = lock(&self.attempts);
-            attempts.finished += 1;
-            attempts.last_error = error;
+            let mut counters = lock(&self.counters);
+            counters.finished += 1;
+            counters.latest_failed = failed;
+            if let Some(error) = error {
+                counters.failed += 1;
+                counters.consecutive_failures = counters.consecutive_failures.saturating_add(1);
+                counters.last_error = Some(error);
+            } else {
+                counters.connections += 1;
+                counters.connected_at = Some(tokio::time::Instant::now());
+            }
         }
         if failed {
             self.wake_all();
         }
     }
 
+    /// Records the end of the connection, and the failures in a row it leaves.
+    pub(crate) fn disconnected(&self, consecutive_failures: u32) {
+        let mut counters = lock(&self.counters);
+        counters.disconnections += 1;
+        counters.connected_at = None;
+        counters.consecutive_failures = consecutive_failures;
+    }
+
+    /// Records that the retry policy gave up with `error`, before the driver closes.
+    pub(crate) fn give_up(&self, error: ConnectError) {
+        lock(&self.counters).gave_up = Some(error);
+    }
+
+    /// The error the driver gave up with, if it did.
+    pub(crate) fn gave_up(&self) -> Option<ConnectError> {
+        lock(&self.counters).gave_up.clone()
+    }
+
     /// How many attempts have finished, and the error of the latest one if it failed.
     pub(crate) fn attempts(&self) -> (u64, Option<ConnectError>) {
-        let attempts = lock(&self.attempts);
-        (attempts.finished, attempts.last_error.clone())
+        let counters = lock(&self.counters);
+        let latest = counters.latest_failed.then(|| counters.last_error.clone());
+        (counters.finished, latest.flatten())
+    }
+
+    /// A snapshot of the counters.
+    pub(crate) fn stats(&self) -> Stats {
+        let counters = lock(&self.counters);
+        Stats {
+            attempts: counters.started,
+            failed_attempts: counters.failed,
+            connections: counters.connections,
+            disconnections: counters.disconnections,
+            connected_for: counters.connected_at.map(|at| at.elapsed()),
+            last_error: counters.last_error.clone(),
+            next_delay: counters.next_delay,
+            consecutive_failures: counters.consecutive_failures,
+        }
     }
 
     pub(crate) fn set_phase(&self, phase: Phase) {
