@@ -39,8 +39,10 @@ use crate::{
     discover::GetAddress,
     error::ConnectError,
     event::{Event, OnEvent},
+    health::HealthCheck,
     retry::{Backoff, RetryContext},
-    shared::{Phase, Shared, Word},
+    shared::{Shared, Word},
+    state::State,
     sync::Arc,
 };
 
@@ -77,8 +79,9 @@ impl fmt::Display for Stop {
     }
 }
 
-/// Everything one driver owns. `M` is the maker, `E` the event hook, `C` the close signal.
-pub(crate) struct Driver<A, M: Service<A>, E, C> {
+/// Everything one driver owns. `M` is the maker, `E` the event hook, `C` the close signal,
+/// `H` the health check.
+pub(crate) struct Driver<A, M: Service<A>, E, C, H> {
     pub(crate) shared: Arc<Shared<M::Response>>,
     pub(crate) inbox: Inbox,
     pub(crate) maker: M,
@@ -90,8 +93,11 @@ pub(crate) struct Driver<A, M: Service<A>, E, C> {
     pub(crate) graceful_reconnect_after: Duration,
     /// A connection that lived at least this long resets the retry policy's failure count.
     pub(crate) flap_guard: Duration,
+    /// How often to check a live connection's health, if at all.
+    pub(crate) health_check_interval: Option<Duration>,
     pub(crate) on_event: std::sync::Arc<E>,
     pub(crate) close_signal: std::sync::Arc<C>,
+    pub(crate) health_check: std::sync::Arc<H>,
     pub(crate) close_after_current: bool,
     /// What the retry policy is told: failures in a row, the last connection's life.
     pub(crate) streak: Streak,
@@ -176,6 +182,8 @@ enum Disconnect {
     Signal(CloseReason),
     /// A service clone's `poll_ready` on it failed.
     Failed(BoxError),
+    /// A periodic health check failed.
+    Unhealthy(BoxError),
 }
 
 /// The reason a close signal gave, or the panic it ended with.
@@ -193,6 +201,7 @@ impl fmt::Display for Disconnect {
             Self::Signal(CloseReason::Error(error)) => ("closed with error", &**error),
             Self::Signal(reason) => return fmt::Display::fmt(reason, f),
             Self::Failed(error) => ("poll_ready failed", &**error),
+            Self::Unhealthy(error) => ("health check failed", &**error),
         };
         write!(f, "{prefix}: {error}")?;
         let mut last = error.to_string();
@@ -211,7 +220,7 @@ impl fmt::Display for Disconnect {
 
 // === impl Driver ===
 
-impl<A, M, E, C> Driver<A, M, E, C>
+impl<A, M, E, C, H> Driver<A, M, E, C, H>
 where
     A: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
     M: Service<A> + Send + 'static,
@@ -220,10 +229,14 @@ where
     M::Future: Send + 'static,
     E: OnEvent<A, M::Response>,
     C: CloseSignal<M::Response>,
+    H: HealthCheck<M::Response>,
 {
     /// Runs cycles until the driver stops.
     pub(crate) async fn run(mut self) {
         let Err(stop) = self.run_cycles().await;
+        // Closed before the hook hears it, so the state it is told matches the handle's.
+        drop(self.shared.close().1);
+        self.set_state(State::Closed);
         if let Stop::GaveUp = stop {
             warn!(
                 persistent_connection_to = %self.shared.server_name,
@@ -247,7 +260,7 @@ where
             // the first address and error of the new cycle are reported again.
             self.check_open()?;
             self.cycle = Cycle::default();
-            self.shared.set_phase(Phase::Connecting);
+            self.set_state(State::Connecting);
             self.emit(Event::AttemptingToConnect);
 
             let (connection, retry_at) = self.connect_until_successful().await?;
@@ -302,7 +315,7 @@ where
             };
             let retry_at = Instant::now() + delay;
             self.shared.start_attempt(delay, self.streak.failures);
-            self.shared.set_phase(Phase::Connecting);
+            self.set_state(State::Connecting);
             match self.attempt().await? {
                 Ok(connection) => return Ok((connection, retry_at)),
                 Err(error) => {
@@ -316,8 +329,8 @@ where
         }
     }
 
-    /// One attempt: discover the address, then connect, within the connect timeout, then ask
-    /// for the connection's close signal. A panic in any of these user code paths is caught
+    /// One attempt: discover the address, connect and check the connection's health, within
+    /// the connect timeout, then ask for the connection's close signal. A panic in any of these user code paths is caught
     /// and becomes a failed attempt.
     async fn attempt(&mut self) -> Result<Result<Connection<M::Response, C>, ConnectError>, Stop> {
         let deadline = Instant::now() + self.connect_timeout;
@@ -350,6 +363,20 @@ where
             Ok(Ok(Ok(connection))) => connection,
         };
 
+        // ## Connected? Not before the health check passes.
+        let health_check = &self.health_check;
+        let check =
+            match std::panic::catch_unwind(AssertUnwindSafe(|| health_check.check(&connection))) {
+                Ok(check) => AssertUnwindSafe(check).catch_unwind(),
+                Err(panic) => return Ok(Err(ConnectError::panic(&panic_message(&*panic)))),
+            };
+        match self.inbox.race(timeout_at(deadline, check)).await? {
+            Err(_elapsed) => return Ok(Err(timed_out)),
+            Ok(Err(panic)) => return Ok(Err(ConnectError::panic(&panic_message(&*panic)))),
+            Ok(Ok(Err(error))) => return Ok(Err(ConnectError::health_check(error))),
+            Ok(Ok(Ok(()))) => {}
+        }
+
         let close_signal = &self.close_signal;
         let closed =
             std::panic::catch_unwind(AssertUnwindSafe(|| close_signal.closed(&connection)));
@@ -371,7 +398,7 @@ where
             service: connection,
             closed,
         } = connection;
-        self.shared.set_phase(Phase::Connected);
+        self.set_state(State::Connected);
         self.shared.finish_attempt(None);
         let word = self
             .shared
@@ -380,8 +407,10 @@ where
         self.inbox.reconnect_now = false;
         self.inbox.reset_policy = false;
         let connected_at = Instant::now();
-        // The driver keeps no copy: after this the connection lives in the shared state and
-        // in the service clones (and wherever the event hook put it).
+        // The driver keeps no copy (but the periodic health check's): after this the
+        // connection lives in the shared state and in the service clones (and wherever the
+        // event hook put it).
+        let mut unhealthy = Box::pin(self.periodic_health_check(&connection));
         self.emit(Event::Connected(connection));
 
         // ## Connected => Disconnected
@@ -415,8 +444,10 @@ where
                     ),
                 },
                 reason = &mut closed => break Ok(Disconnect::Signal(signal_reason(reason))),
+                error = &mut unhealthy => break Ok(Disconnect::Unhealthy(error)),
             }
         };
+        drop(unhealthy);
         // Every `Connected` is followed by a `Disconnected`, also when the driver stops.
         drop(self.shared.withdraw(word));
         let lived = connected_at.elapsed();
@@ -443,6 +474,45 @@ where
         })
     }
 
+    /// With a health check interval: a future that checks `connection` every interval and
+    /// resolves with the first failure (a panic or a check longer than the connect timeout
+    /// counts as one). Without: a future that never resolves.
+    fn periodic_health_check(
+        &self,
+        connection: &M::Response,
+    ) -> impl Future<Output = BoxError> + Send + use<A, M, E, C, H> {
+        let checked = self
+            .health_check_interval
+            .map(|interval| (interval, self.health_check.clone(), connection.clone()));
+        let limit = self.connect_timeout;
+        async move {
+            let Some((interval, health_check, connection)) = checked else {
+                return std::future::pending().await;
+            };
+            loop {
+                tokio::time::sleep(interval).await;
+                let check =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| health_check.check(&connection)));
+                let outcome = match check {
+                    Ok(check) => {
+                        tokio::time::timeout(limit, AssertUnwindSafe(check).catch_unwind()).await
+                    }
+                    Err(panic) => Ok(Err(panic)),
+                };
+                match outcome {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(error))) => return error,
+                    Ok(Err(panic)) => {
+                        return format!("health check panicked: {}", panic_message(&*panic)).into();
+                    }
+                    Err(_elapsed) => {
+                        return format!("health check timed out after {limit:?}").into();
+                    }
+                }
+            }
+        }
+    }
+
     /// Stops the driver if the shared state was closed (by `close()`, possibly racing with
     /// the event that woke the driver): no new cycle, attempt or wait starts after close.
     fn check_open(&self) -> Result<(), Stop> {
@@ -457,10 +527,28 @@ where
     /// zero delay never starves other tasks.
     async fn wait_until(&mut self, at: Instant) -> Result<(), Stop> {
         self.check_open()?;
-        self.shared.set_phase(Phase::Waiting(at));
+        self.set_state(State::Waiting { next_attempt: at });
         tokio::task::yield_now().await;
         self.check_open()?;
         self.inbox.sleep_until(at).await
+    }
+
+    /// Publishes `state` to handles, and tells the hook if it changed. (`Closed` is published
+    /// by whoever closes the shared state; the hook hears it when the driver stops.)
+    fn set_state(&self, state: State) {
+        if self.shared.set_state(state) || state == State::Closed {
+            let on_event = &self.on_event;
+            if let Err(panic) =
+                std::panic::catch_unwind(AssertUnwindSafe(|| on_event.on_state(state)))
+            {
+                warn!(
+                    persistent_connection_to = %self.shared.server_name,
+                    ?state,
+                    panic = %panic_message(&*panic),
+                    "on_state panicked; the driver carries on",
+                );
+            }
+        }
     }
 
     /// Reports `event`: de-duplicates it within the cycle, logs it, and hands it to the hook.

@@ -75,6 +75,8 @@ pub enum ConnectErrorKind {
     Panic,
     /// The persistent connection was closed, so no attempt will be made.
     Closed,
+    /// The new connection failed its [health check](crate::HealthCheck).
+    HealthCheck,
 }
 
 /// Why one connection attempt failed.
@@ -108,6 +110,13 @@ impl ConnectError {
     pub(crate) fn connect(cause: BoxError) -> Self {
         Self {
             kind: ConnectErrorKind::Connect,
+            inner: Inner::Cause(Arc::from(cause)),
+        }
+    }
+
+    pub(crate) fn health_check(cause: BoxError) -> Self {
+        Self {
+            kind: ConnectErrorKind::HealthCheck,
             inner: Inner::Cause(Arc::from(cause)),
         }
     }
@@ -146,6 +155,9 @@ impl fmt::Display for ConnectError {
         match (&self.inner, self.kind) {
             (Inner::Cause(cause), ConnectErrorKind::Discovery) => {
                 write!(f, "address discovery failed: {cause}")
+            }
+            (Inner::Cause(cause), ConnectErrorKind::HealthCheck) => {
+                write!(f, "health check failed: {cause}")
             }
             (Inner::Cause(cause), _) => write!(f, "connect failed: {cause}"),
             (Inner::Timeout(after), _) => write!(f, "connect attempt timed out after {after:?}"),

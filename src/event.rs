@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::error::ConnectError;
+use crate::{error::ConnectError, state::State};
 
 /// Something that happened to the persistent connection.
 ///
@@ -63,13 +63,37 @@ impl<A: fmt::Debug, S> fmt::Debug for Event<A, S> {
 /// Receives every [`Event`] the driver reports; set with
 /// [`PersistentConnectionLayer::on_event`](crate::PersistentConnectionLayer::on_event).
 ///
-/// Implemented for `()` (ignore events, the default) and for every
-/// `Fn(&Event<A, S>) + Send + Sync + 'static` closure. The hook runs on the driver task, in
-/// order, before the driver takes its next step; keep it short and do not block. A panic in it
-/// is caught and logged, and the driver carries on.
+/// Implemented for `()` (ignore events, the default), for every
+/// `Fn(&Event<A, S>) + Send + Sync + 'static` closure, for [`EventBus`](crate::EventBus) (any
+/// number of subscribers), and for pairs of hooks (`(bus, |event: &Event<_, _>| ...)`). The
+/// hook runs on the driver task, in order, before the driver takes its next step; keep it
+/// short and do not block. A panic in it is caught and logged, and the driver carries on.
 pub trait OnEvent<A, S>: Send + Sync + 'static {
     /// Called once per reported event.
     fn on_event(&self, event: &Event<A, S>);
+
+    /// Called whenever the driver's [`State`] changes (the same changes
+    /// [`Handle::state_changes`](crate::Handle::state_changes) shows), last with
+    /// [`State::Closed`] when the driver stops. Does nothing by default.
+    fn on_state(&self, state: State) {
+        let _ = state;
+    }
+}
+
+impl<A, S, E1, E2> OnEvent<A, S> for (E1, E2)
+where
+    E1: OnEvent<A, S>,
+    E2: OnEvent<A, S>,
+{
+    fn on_event(&self, event: &Event<A, S>) {
+        self.0.on_event(event);
+        self.1.on_event(event);
+    }
+
+    fn on_state(&self, state: State) {
+        self.0.on_state(state);
+        self.1.on_state(state);
+    }
 }
 
 impl<A, S> OnEvent<A, S> for () {

@@ -6,34 +6,17 @@ use std::{
     task::Poll,
 };
 
-use tokio::{sync::mpsc::UnboundedSender, time::Instant};
+use futures_util::Stream;
+use tokio::sync::mpsc::UnboundedSender;
 
 use crate::{
     driver::Command,
     error::{Closed, ConnectError},
-    shared::{Phase, Shared, WaiterSlot},
+    shared::{Shared, WaiterSlot},
+    state::State,
     stats::Stats,
     sync::Arc,
 };
-
-/// What the persistent connection is doing now; see [`Handle::state`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum State {
-    /// An attempt is running (discovery or connect).
-    Connecting,
-    /// The last attempt failed, or the connection ended; the next attempt starts at
-    /// `next_attempt` (earlier on [`Handle::reconnect_now`]).
-    #[non_exhaustive]
-    Waiting {
-        /// When the next attempt starts.
-        next_attempt: Instant,
-    },
-    /// A connection is up.
-    Connected,
-    /// Closed: no more attempts will be made.
-    Closed,
-}
 
 /// A handle to a persistent connection: wait for it, inspect it, close it.
 ///
@@ -175,15 +158,41 @@ impl<S: Clone + Send + 'static> Handle<S> {
 
     /// What the persistent connection is doing now.
     pub fn state(&self) -> State {
-        let word = self.shared.load();
-        if word.is_closed() {
+        if self.shared.load().is_closed() {
             return State::Closed;
         }
-        match self.shared.phase() {
-            Phase::Connecting => State::Connecting,
-            Phase::Waiting(next_attempt) => State::Waiting { next_attempt },
-            Phase::Connected => State::Connected,
-        }
+        self.shared.state()
+    }
+
+    /// The state now, then every change of it: a stream that ends after [`State::Closed`].
+    ///
+    /// It is a watch, not a log: a reader slower than the changes sees the latest state, and
+    /// may miss short-lived ones in between (subscribe to an [`EventBus`](crate::EventBus) for
+    /// every event). It holds no connection and does not keep the persistent connection alive.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use futures_util::StreamExt;
+    /// use persistent_connection::{PersistentConnectionLayer, State};
+    /// use tower::{Layer, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let maker = service_fn(|_: &'static str| async {
+    ///     Ok::<_, Infallible>(service_fn(|n: u32| async move { Ok::<_, Infallible>(n) }))
+    /// });
+    /// let svc = PersistentConnectionLayer::fixed_address("replica-1").layer(maker);
+    /// let handle = svc.handle();
+    /// let mut states = handle.state_changes();
+    /// assert_eq!(states.next().await, Some(State::Connecting));
+    /// assert_eq!(states.next().await, Some(State::Connected));
+    /// handle.close().await;
+    /// assert_eq!(states.next().await, Some(State::Closed));
+    /// assert_eq!(states.next().await, None);
+    /// # }
+    /// ```
+    pub fn state_changes(&self) -> impl Stream<Item = State> + Send + Unpin + 'static + use<S> {
+        crate::state::changes(self.shared.watch_state())
     }
 }
 

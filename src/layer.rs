@@ -21,6 +21,7 @@ use crate::{
     driver::{Cycle, Driver, EndGuard, Inbox, Streak},
     error::InvalidJitter,
     event::OnEvent,
+    health::HealthCheck,
     retry::{Backoff, Constant, DEFAULT_JITTER, RetryPolicy, SharedPolicy},
     service::PersistentConnection,
     shared::Shared,
@@ -70,7 +71,15 @@ pub(crate) const DEFAULT_FLAP_GUARD: Duration = Duration::from_secs(1);
 /// assert_eq!(reply, "replica-1 got hello");
 /// # Ok(()) }
 /// ```
-pub struct PersistentConnectionLayer<A, E = (), C = ()> {
+pub struct PersistentConnectionLayer<A, E = (), C = (), H = ()> {
+    config: Config<A>,
+    on_event: Arc<E>,
+    close_signal: Arc<C>,
+    health_check: Arc<H>,
+}
+
+/// Everything but the hooks, whose types are the layer's parameters.
+struct Config<A> {
     get_address: GetAddress<A>,
     server_name: Arc<str>,
     /// Whether `server_name` was set (else it is the default, `"unnamed"`).
@@ -84,8 +93,7 @@ pub struct PersistentConnectionLayer<A, E = (), C = ()> {
     connect_timeout: Duration,
     graceful_reconnect_after: Duration,
     flap_guard: Duration,
-    on_event: Arc<E>,
-    close_signal: Arc<C>,
+    health_check_interval: Option<Duration>,
 }
 
 impl<A: Send + 'static> PersistentConnectionLayer<A> {
@@ -123,34 +131,38 @@ impl<A: Send + 'static> PersistentConnectionLayer<A> {
 
     fn from_source(get_address: GetAddress<A>) -> Self {
         Self {
-            get_address,
-            server_name: Arc::from("unnamed"),
-            named: false,
-            retry_policy: Arc::new(Constant::default()),
-            jitter: DEFAULT_JITTER,
-            rng_seed: None,
-            drivers: Arc::new(AtomicU64::new(0)),
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            graceful_reconnect_after: DEFAULT_GRACEFUL_RECONNECT_AFTER,
-            flap_guard: DEFAULT_FLAP_GUARD,
+            config: Config {
+                get_address,
+                server_name: Arc::from("unnamed"),
+                named: false,
+                retry_policy: Arc::new(Constant::default()),
+                jitter: DEFAULT_JITTER,
+                rng_seed: None,
+                drivers: Arc::new(AtomicU64::new(0)),
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                graceful_reconnect_after: DEFAULT_GRACEFUL_RECONNECT_AFTER,
+                flap_guard: DEFAULT_FLAP_GUARD,
+                health_check_interval: None,
+            },
             on_event: Arc::new(()),
             close_signal: Arc::new(()),
+            health_check: Arc::new(()),
         }
     }
 }
 
-impl<A, E, C> PersistentConnectionLayer<A, E, C> {
+impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
     /// The server name, if one was set.
     #[cfg(feature = "hyper")]
     pub(crate) fn explicit_name(&self) -> Option<&str> {
-        self.named.then_some(&*self.server_name)
+        self.config.named.then_some(&*self.config.server_name)
     }
 
     /// The server's name, for logs (the field `persistent_connection_to` of every log line)
     /// and `Debug` output. Default is `"unnamed"`.
     pub fn server_name(mut self, name: impl Into<String>) -> Self {
-        self.server_name = Arc::from(name.into());
-        self.named = true;
+        self.config.server_name = Arc::from(name.into());
+        self.config.named = true;
         self
     }
 
@@ -194,7 +206,7 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
     /// # let _ = layer;
     /// ```
     pub fn retry_policy(mut self, policy: impl RetryPolicy) -> Self {
-        self.retry_policy = Arc::new(policy);
+        self.config.retry_policy = Arc::new(policy);
         self
     }
 
@@ -206,7 +218,7 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
     ///
     /// Default is 1 second.
     pub fn flap_guard(mut self, min_life: Duration) -> Self {
-        self.flap_guard = min_life;
+        self.config.flap_guard = min_life;
         self
     }
 
@@ -233,7 +245,7 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
     ///
     /// [`InvalidJitter`] if `jitter` is outside `[0, 1]` or NaN.
     pub fn try_jitter(mut self, jitter: f64) -> Result<Self, InvalidJitter> {
-        self.jitter = InvalidJitter::check(jitter)?;
+        self.config.jitter = InvalidJitter::check(jitter)?;
         Ok(self)
     }
 
@@ -244,7 +256,7 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
     ///
     /// Default is a seed from the operating system.
     pub fn rng_seed(mut self, seed: u64) -> Self {
-        self.rng_seed = Some(seed);
+        self.config.rng_seed = Some(seed);
         self
     }
 
@@ -261,7 +273,7 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
             !timeout.is_zero(),
             "PersistentConnectionLayer::connect_timeout: a zero timeout fails every attempt"
         );
-        self.connect_timeout = timeout;
+        self.config.connect_timeout = timeout;
         self
     }
 
@@ -274,7 +286,7 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
     ///
     /// Default is 1 second.
     pub fn graceful_reconnect_after(mut self, min_life: Duration) -> Self {
-        self.graceful_reconnect_after = min_life;
+        self.config.graceful_reconnect_after = min_life;
         self
     }
 
@@ -284,20 +296,12 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
     /// once the layer wraps a maker. A panic in `on_event` is caught and logged.
     ///
     /// Default is to report events only to the log (`tracing`).
-    pub fn on_event<F>(self, on_event: F) -> PersistentConnectionLayer<A, F, C> {
+    pub fn on_event<F>(self, on_event: F) -> PersistentConnectionLayer<A, F, C, H> {
         PersistentConnectionLayer {
-            get_address: self.get_address,
-            server_name: self.server_name,
-            named: self.named,
-            retry_policy: self.retry_policy,
-            jitter: self.jitter,
-            rng_seed: self.rng_seed,
-            drivers: self.drivers,
-            connect_timeout: self.connect_timeout,
-            graceful_reconnect_after: self.graceful_reconnect_after,
-            flap_guard: self.flap_guard,
+            config: self.config,
             on_event: Arc::new(on_event),
             close_signal: self.close_signal,
+            health_check: self.health_check,
         }
     }
 
@@ -307,25 +311,55 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
     /// [`CloseSignal`](crate::CloseSignal).
     ///
     /// Default is no signal: a connection ends only when its `poll_ready` fails.
-    pub fn close_signal<F>(self, close_signal: F) -> PersistentConnectionLayer<A, E, F> {
+    pub fn close_signal<F>(self, close_signal: F) -> PersistentConnectionLayer<A, E, F, H> {
         PersistentConnectionLayer {
-            get_address: self.get_address,
-            server_name: self.server_name,
-            named: self.named,
-            retry_policy: self.retry_policy,
-            jitter: self.jitter,
-            rng_seed: self.rng_seed,
-            drivers: self.drivers,
-            connect_timeout: self.connect_timeout,
-            graceful_reconnect_after: self.graceful_reconnect_after,
-            flap_guard: self.flap_guard,
+            config: self.config,
             on_event: self.on_event,
             close_signal: Arc::new(close_signal),
+            health_check: self.health_check,
         }
+    }
+
+    /// Checks each new connection before it counts as connected: `check(&conn)` returns a
+    /// future of `Result<(), E>`; an error (or a panic, or running past the attempt's
+    /// [connect timeout](Self::connect_timeout), which covers discovery, connect and the check)
+    /// makes the attempt fail with a [`ConnectErrorKind::HealthCheck`] error, and the connection
+    /// is dropped. With [`health_check_interval`](Self::health_check_interval) the check also
+    /// runs periodically on the live connection, and a failure ends that connection. See
+    /// [`HealthCheck`](crate::HealthCheck), which has an example with tonic-health.
+    ///
+    /// Default is no check: a connection counts as connected once the maker returns it.
+    ///
+    /// [`ConnectErrorKind::HealthCheck`]: crate::ConnectErrorKind::HealthCheck
+    pub fn health_check<F>(self, check: F) -> PersistentConnectionLayer<A, E, C, F> {
+        PersistentConnectionLayer {
+            config: self.config,
+            on_event: self.on_event,
+            close_signal: self.close_signal,
+            health_check: Arc::new(check),
+        }
+    }
+
+    /// Runs the [health check](Self::health_check) every `interval` while connected; a check
+    /// that fails, panics or takes longer than the [connect timeout](Self::connect_timeout)
+    /// ends the connection (`Disconnected`, then a new cycle after the retry delay).
+    ///
+    /// Default is no periodic check (only the check of each new connection).
+    ///
+    /// # Panics
+    ///
+    /// If `interval` is zero.
+    pub fn health_check_interval(mut self, interval: Duration) -> Self {
+        assert!(
+            !interval.is_zero(),
+            "PersistentConnectionLayer::health_check_interval: the interval must not be zero"
+        );
+        self.config.health_check_interval = Some(interval);
+        self
     }
 }
 
-impl<A, E, C, M> Layer<M> for PersistentConnectionLayer<A, E, C>
+impl<A, E, C, H, M> Layer<M> for PersistentConnectionLayer<A, E, C, H>
 where
     A: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
     M: Service<A> + Send + 'static,
@@ -334,6 +368,7 @@ where
     M::Future: Send + 'static,
     E: OnEvent<A, M::Response>,
     C: CloseSignal<M::Response>,
+    H: HealthCheck<M::Response>,
 {
     type Service = PersistentConnection<M::Response>;
 
@@ -349,24 +384,27 @@ where
                  it spawns the task that keeps the connection alive"
             )
         });
-        let index = self.drivers.fetch_add(1, Ordering::Relaxed);
-        let shared = crate::sync::Arc::new(Shared::new(self.server_name.clone()));
+        let config = &self.config;
+        let index = config.drivers.fetch_add(1, Ordering::Relaxed);
+        let shared = crate::sync::Arc::new(Shared::new(config.server_name.clone()));
         let (commands, inbox) = mpsc::unbounded_channel();
         let driver = Driver {
             shared: shared.clone(),
             inbox: Inbox::new(inbox),
             maker,
-            get_address: self.get_address.clone(),
+            get_address: config.get_address.clone(),
             backoff: Backoff::new(
-                self.retry_policy.clone(),
-                self.jitter,
-                self.rng_seed.map(|seed| (seed, index)),
+                config.retry_policy.clone(),
+                config.jitter,
+                config.rng_seed.map(|seed| (seed, index)),
             ),
-            connect_timeout: self.connect_timeout,
-            graceful_reconnect_after: self.graceful_reconnect_after,
-            flap_guard: self.flap_guard,
+            connect_timeout: config.connect_timeout,
+            graceful_reconnect_after: config.graceful_reconnect_after,
+            flap_guard: config.flap_guard,
+            health_check_interval: config.health_check_interval,
             on_event: self.on_event.clone(),
             close_signal: self.close_signal.clone(),
+            health_check: self.health_check.clone(),
             close_after_current: false,
             streak: Streak::default(),
             cycle: Cycle::default(),
@@ -377,7 +415,18 @@ where
     }
 }
 
-impl<A, E, C> Clone for PersistentConnectionLayer<A, E, C> {
+impl<A, E, C, H> Clone for PersistentConnectionLayer<A, E, C, H> {
+    fn clone(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            on_event: self.on_event.clone(),
+            close_signal: self.close_signal.clone(),
+            health_check: self.health_check.clone(),
+        }
+    }
+}
+
+impl<A> Clone for Config<A> {
     fn clone(&self) -> Self {
         Self {
             get_address: self.get_address.clone(),
@@ -390,21 +439,22 @@ impl<A, E, C> Clone for PersistentConnectionLayer<A, E, C> {
             connect_timeout: self.connect_timeout,
             graceful_reconnect_after: self.graceful_reconnect_after,
             flap_guard: self.flap_guard,
-            on_event: self.on_event.clone(),
-            close_signal: self.close_signal.clone(),
+            health_check_interval: self.health_check_interval,
         }
     }
 }
 
-impl<A, E, C> fmt::Debug for PersistentConnectionLayer<A, E, C> {
+impl<A, E, C, H> fmt::Debug for PersistentConnectionLayer<A, E, C, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let config = &self.config;
         f.debug_struct("PersistentConnectionLayer")
-            .field("server_name", &self.server_name)
-            .field("jitter", &self.jitter)
-            .field("rng_seed", &self.rng_seed)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("graceful_reconnect_after", &self.graceful_reconnect_after)
-            .field("flap_guard", &self.flap_guard)
+            .field("server_name", &config.server_name)
+            .field("jitter", &config.jitter)
+            .field("rng_seed", &config.rng_seed)
+            .field("connect_timeout", &config.connect_timeout)
+            .field("graceful_reconnect_after", &config.graceful_reconnect_after)
+            .field("flap_guard", &config.flap_guard)
+            .field("health_check_interval", &config.health_check_interval)
             .finish_non_exhaustive()
     }
 }

@@ -249,12 +249,14 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
 
+mod bus;
 mod close;
 mod discover;
 mod driver;
 mod error;
 mod event;
 mod handle;
+mod health;
 #[cfg(feature = "hyper")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
 pub mod http;
@@ -265,16 +267,19 @@ mod loom_tests;
 mod retry;
 mod service;
 mod shared;
+mod state;
 mod stats;
 mod sync;
 #[cfg(test)]
 mod tests;
 
 pub use crate::{
+    bus::{EventBus, Subscription, Update},
     close::{CloseReason, CloseSignal},
     error::{Closed, ConnectError, ConnectErrorKind, InvalidJitter},
     event::{Event, OnEvent},
-    handle::{Handle, State},
+    handle::Handle,
+    health::HealthCheck,
     layer::PersistentConnectionLayer,
     load::ConnectionLoad,
     retry::{
@@ -282,6 +287,7 @@ pub use crate::{
         RetryPolicy, policy_fn,
     },
     service::{PersistentConnection, ResponseFuture},
+    state::State,
     stats::Stats,
 };
 

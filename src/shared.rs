@@ -23,6 +23,7 @@ use slab::Slab;
 
 use crate::{
     error::ConnectError,
+    state::State,
     stats::Stats,
     sync::{AtomicBool, AtomicU64, Mutex, Ordering, lock},
 };
@@ -93,14 +94,6 @@ struct Counters {
     gave_up: Option<ConnectError>,
 }
 
-/// What the driver is doing, for [`Handle::state`](crate::Handle::state).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Phase {
-    Connecting,
-    Waiting(tokio::time::Instant),
-    Connected,
-}
-
 pub(crate) struct Shared<S> {
     word: AtomicU64,
     /// The current connection: `Some` exactly while `word` is connected.
@@ -110,7 +103,8 @@ pub(crate) struct Shared<S> {
     /// Set by the driver's drop guard once the driver task has ended.
     ended: AtomicBool,
     counters: Mutex<Counters>,
-    phase: Mutex<Phase>,
+    /// What the driver is doing, for handles.
+    state: tokio::sync::watch::Sender<State>,
     pub(crate) server_name: std::sync::Arc<str>,
 }
 
@@ -122,7 +116,7 @@ impl<S> Shared<S> {
             waiters: Mutex::new(Slab::new()),
             ended: AtomicBool::new(false),
             counters: Mutex::new(Counters::default()),
-            phase: Mutex::new(Phase::Connecting),
+            state: tokio::sync::watch::Sender::new(State::Connecting),
             server_name,
         }
     }
@@ -180,6 +174,7 @@ impl<S> Shared<S> {
                 (true, current.take())
             }
         };
+        self.state.send_replace(State::Closed);
         self.wake_all();
         (first, conn)
     }
@@ -266,12 +261,24 @@ impl<S> Shared<S> {
         }
     }
 
-    pub(crate) fn set_phase(&self, phase: Phase) {
-        *lock(&self.phase) = phase;
+    /// Publishes what the driver is doing; returns whether that changed the state. Nothing
+    /// replaces `Closed`.
+    pub(crate) fn set_state(&self, new: State) -> bool {
+        self.state.send_if_modified(|state| {
+            let changed = *state != new && *state != State::Closed;
+            if changed {
+                *state = new;
+            }
+            changed
+        })
     }
 
-    pub(crate) fn phase(&self) -> Phase {
-        *lock(&self.phase)
+    pub(crate) fn state(&self) -> State {
+        *self.state.borrow()
+    }
+
+    pub(crate) fn watch_state(&self) -> tokio::sync::watch::Receiver<State> {
+        self.state.subscribe()
     }
 
     /// Stores `waker` in `slot` (allocating the slot on first use).

@@ -19,7 +19,9 @@ use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
 
 use super::{ArcError, Dial, InvalidOrigin, Origin, name_origin, origin_for, sniff::Status};
-use crate::{BoxError, CloseReason, OnEvent, PersistentConnection, PersistentConnectionLayer};
+use crate::{
+    BoxError, CloseReason, HealthCheck, OnEvent, PersistentConnection, PersistentConnectionLayer,
+};
 
 /// A maker of HTTP/1 connections: `Service<A>` for any [`Dial`] address, whose response is an
 /// [`Http1Connection<B>`] (`B` is the request body type).
@@ -339,7 +341,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 // === PersistentConnectionLayer::http1 ===
 
-impl<A, E, C> PersistentConnectionLayer<A, E, C> {
+impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
     /// Applies the layer to an HTTP/1 `connector`, with the connection's close signal wired
     /// in ([`Http1Connection::closed`], replacing any close signal set before) and, unless the
     /// connector has an [origin](Http1Connector::origin), the server name (if one was
@@ -355,6 +357,7 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
     where
         A: Dial + PartialEq + fmt::Debug,
         E: OnEvent<A, Http1Connection<B>>,
+        H: HealthCheck<Http1Connection<B>>,
         B: Body + Send + 'static,
         B::Data: Send,
         B::Error: Into<BoxError>,

@@ -23,7 +23,9 @@ use super::{
     ArcError, Dial, InvalidOrigin, Origin, name_origin, origin_for,
     sniff::{Sniff, Status},
 };
-use crate::{BoxError, CloseReason, OnEvent, PersistentConnection, PersistentConnectionLayer};
+use crate::{
+    BoxError, CloseReason, HealthCheck, OnEvent, PersistentConnection, PersistentConnectionLayer,
+};
 
 /// The default interval of HTTP/2 keep-alive pings.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -369,7 +371,7 @@ where
 
 // === PersistentConnectionLayer::http2 ===
 
-impl<A, E, C> PersistentConnectionLayer<A, E, C> {
+impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
     /// Applies the layer to an HTTP/2 `connector`, with the connection's close signal wired
     /// in ([`Http2Connection::closed`], replacing any [`close_signal`](Self::close_signal)
     /// set before) and, unless the connector has an [origin](Http2Connector::origin), the
@@ -385,6 +387,7 @@ impl<A, E, C> PersistentConnectionLayer<A, E, C> {
     where
         A: Dial + PartialEq + fmt::Debug,
         E: OnEvent<A, Http2Connection<B>>,
+        H: HealthCheck<Http2Connection<B>>,
         B: Body + Send + Unpin + 'static,
         B::Data: Send,
         B::Error: Into<BoxError>,
