@@ -18,11 +18,11 @@
 //!   the problem is still the answer to that request.
 //! - Once marked, the connection's `poll_ready` fails with [`MarkedDead`], so no new request
 //!   goes to it, and its close signal ([`Classified::closed`]) fires, so the driver reports
-//!   `Disconnected` and reconnects at once, without waiting for a request. The usual retry
-//!   rules apply: a connection that lived longer than the retry delay is replaced at once, a
-//!   younger one waits out the rest of the delay.
+//!   `Disconnected` without waiting for a request. It reconnects by the usual rules: at once
+//!   if the connection lived longer than the retry delay, else after the rest of the delay.
 //!
-//! Wire the close signal on the [`PersistentConnectionLayer`] with
+//! Wire the close signal on the
+//! [`PersistentConnectionLayer`](crate::PersistentConnectionLayer) with
 //! `.close_signal(Classified::closed)` when the connection has no close signal of its own, or
 //! with `.close_signal(classify::close_signal(inner_signal))` when it has one (such as
 //! [`Http2Connection::closed`](crate::http::Http2Connection::closed)): the connection then ends
@@ -91,7 +91,9 @@
 //! # mod hyper_only {
 //! use std::net::SocketAddr;
 //! use bytes::Bytes;
+//! use http::{Response, StatusCode};
 //! use http_body_util::Empty;
+//! use hyper::body::Incoming;
 //! use persistent_connection::{
 //!     BoxError, PersistentConnectionLayer,
 //!     classify::{self, ClassifyLayer},
@@ -107,8 +109,8 @@
 //!             .close_signal(classify::close_signal(Http2Connection::closed)),
 //!     )
 //!     .layer(ClassifyLayer::new(
-//!         |outcome: Result<&http::Response<hyper::body::Incoming>, &BoxError>| {
-//!             matches!(outcome, Ok(response) if response.status() == http::StatusCode::BAD_GATEWAY)
+//!         |outcome: Result<&Response<Incoming>, &BoxError>| {
+//!             matches!(outcome, Ok(response) if response.status() == StatusCode::BAD_GATEWAY)
 //!         },
 //!     ))
 //!     .service(Http2Connector::<Empty<Bytes>>::new().origin("http://billing"));
@@ -507,8 +509,6 @@ impl<F, P> fmt::Debug for ResponseFuture<F, P> {
 /// When the inner connection has no close signal of its own, `Classified::closed` alone does.
 pub fn close_signal<S, P, C>(inner: C) -> impl CloseSignal<Classified<S, P>>
 where
-    S: Send + Sync + 'static,
-    P: Send + Sync + 'static,
     C: CloseSignal<S>,
 {
     move |connection: &Classified<S, P>| {
