@@ -93,6 +93,12 @@
 //! that resolves when it has closed, with the [`CloseReason`]. With it, the driver reconnects
 //! before the next request needs the connection.
 //!
+//! **Marking a connection dead on a response**: a proxy whose upstream is gone answers
+//! `502` to every request over a healthy socket, and neither `poll_ready` nor the close signal
+//! notice. The [`classify`] module wraps the maker's connections in a predicate on each
+//! request's outcome: when it says "dead", the connection's `poll_ready` fails and its close
+//! signal fires, so the layer reconnects, with its hot path unchanged.
+//!
 //! # Closing
 //!
 //! [`Handle::close`] stops reconnecting, cancels an attempt in flight at once, drops the shared
@@ -250,6 +256,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod bus;
+pub mod classify;
 mod close;
 mod discover;
 mod driver;
