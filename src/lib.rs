@@ -99,6 +99,49 @@
 //! request's outcome: when it says "dead", the connection's `poll_ready` fails and its close
 //! signal fires, so the layer reconnects, with its hot path unchanged.
 //!
+//! # Retry policies
+//!
+//! The delay before each attempt comes from a [`RetryPolicy`]: the seed's `retry_delay`
+//! closure, a [`Constant`] (the default, 10 s), an [`Exponential`] ([`Exponential::grpc`]: 1 s,
+//! ×1.6, capped at 120 s), a closure that sees the [`RetryContext`] ([`policy_fn`]), or your own
+//! type. The layer's jitter (±30 % by default) applies to every delay, also at the cap, so
+//! clients that failed together do not come back together. The count of failures in a row
+//! resets only after a connection has lived the [flap guard](PersistentConnectionLayer::flap_guard)
+//! (1 s), so a server that accepts and drops every connection still sees the delays grow;
+//! [`Handle::reconnect_now`] skips the wait and resets it. A policy may give up
+//! ([`RetryPolicy::give_up_after`]): the persistent connection then closes, and
+//! [`Handle::connected_or_failed_to_connect`] returns the last error.
+//!
+//! ```
+//! use std::time::Duration;
+//! use persistent_connection::{Exponential, PersistentConnectionLayer, RetryPolicy};
+//!
+//! let layer = PersistentConnectionLayer::fixed_address("10.0.0.7:50051")
+//!     .retry_policy(Exponential::grpc().give_up_after(100))
+//!     .flap_guard(Duration::from_secs(5));
+//! # let _ = layer;
+//! ```
+//!
+//! # Observing it
+//!
+//! - [`Handle::state`] says what the driver is doing ([`State`]: connecting, connected, waiting
+//!   with the time of the next attempt, closed), and [`Handle::state_changes`] is a stream of
+//!   it.
+//! - [`Handle::stats`] reads the counters ([`Stats`]): attempts, failed attempts, connections,
+//!   disconnections, the current connection's age, the last error and the delay chosen for the
+//!   next attempt.
+//! - An [`EventBus`] given to [`on_event`](PersistentConnectionLayer::on_event) serves the
+//!   events to any number of subscribers; one that subscribes late first receives the current
+//!   state (never an old `Connected(conn)`, which would keep a dead connection alive).
+//!
+//! # Health-gated readiness
+//!
+//! With a [health check](PersistentConnectionLayer::health_check) (for gRPC, one
+//! `grpc.health.v1.Health/Check` that must answer `SERVING`; see [`HealthCheck`]), a new
+//! connection counts as connected only once it passes; a failed check is a failed attempt. With
+//! a [check interval](PersistentConnectionLayer::health_check_interval) it also runs on the
+//! live connection, and a connection that stops passing is replaced.
+//!
 //! # Closing
 //!
 //! [`Handle::close`] stops reconnecting, cancels an attempt in flight at once, drops the shared
@@ -271,6 +314,7 @@ mod layer;
 mod load;
 #[cfg(all(test, loom))]
 mod loom_tests;
+mod metrics;
 mod retry;
 mod service;
 mod shared;

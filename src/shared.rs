@@ -192,6 +192,7 @@ impl<S> Shared<S> {
     /// Records the start of an attempt, with the delay armed before it and the failures in a
     /// row so far.
     pub(crate) fn start_attempt(&self, delay: std::time::Duration, consecutive_failures: u32) {
+        crate::metrics::attempt_started(&self.server_name, delay);
         let mut counters = lock(&self.counters);
         counters.started += 1;
         counters.next_delay = Some(delay);
@@ -203,6 +204,7 @@ impl<S> Shared<S> {
     /// the [`publish`](Self::publish) that follows it wakes everyone anyway.
     pub(crate) fn finish_attempt(&self, error: Option<ConnectError>) {
         let failed = error.is_some();
+        crate::metrics::attempt_finished(&self.server_name, error.as_ref());
         {
             let mut counters = lock(&self.counters);
             counters.finished += 1;
@@ -223,6 +225,7 @@ impl<S> Shared<S> {
 
     /// Records the end of the connection, and the failures in a row it leaves.
     pub(crate) fn disconnected(&self, consecutive_failures: u32) {
+        crate::metrics::disconnected(&self.server_name);
         let mut counters = lock(&self.counters);
         counters.disconnections += 1;
         counters.connected_at = None;

@@ -9,6 +9,22 @@ use crate::error::ConnectError;
 /// [`Handle::stats`](crate::Handle::stats).
 ///
 /// Counters count every attempt, also those whose events were de-duplicated.
+///
+/// # Metrics
+///
+/// With the `metrics` feature, the driver also exports these counters to the
+/// [`metrics`](https://docs.rs/metrics) facade, to whatever recorder the application installed
+/// (Prometheus, StatsD, ...). Every metric carries the label `server` (the layer's
+/// [server name](crate::PersistentConnectionLayer::server_name)):
+///
+/// | metric | type | meaning |
+/// |---|---|---|
+/// | `persistent_connection_attempts_total` | counter | attempts started |
+/// | `persistent_connection_failed_attempts_total` | counter | failed attempts; label `kind`: `discovery`, `connect`, `timeout`, `panic`, `health_check` |
+/// | `persistent_connection_connections_total` | counter | connections made |
+/// | `persistent_connection_disconnections_total` | counter | connections ended |
+/// | `persistent_connection_connected` | gauge | 1 while connected, else 0 |
+/// | `persistent_connection_next_delay_seconds` | gauge | the delay armed before the latest attempt |
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct Stats {
