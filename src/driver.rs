@@ -101,6 +101,9 @@ pub(crate) struct Driver<A, M: Service<A>, E, C, H> {
     pub(crate) close_after_current: bool,
     /// What the retry policy is told: failures in a row, the last connection's life.
     pub(crate) streak: Streak,
+    /// The delay the policy chose after the last failure or disconnect, for the next attempt
+    /// (unless `reconnect_now` resets the policy first).
+    pub(crate) next_delay: Option<Duration>,
     /// De-duplication state of the current cycle.
     pub(crate) cycle: Cycle<A>,
     /// Declared last so it runs after everything else the driver owns has been dropped.
@@ -145,13 +148,26 @@ impl Streak {
     }
 
     /// A connection ended after `lived`: it resets the count if it lived at least
-    /// `flap_guard`, else it counts as one more failure.
-    fn connection_ended(&mut self, lived: Duration, flap_guard: Duration) {
+    /// `flap_guard`, else it counts as one more failure, whose error says how it ended.
+    fn connection_ended(
+        &mut self,
+        lived: Duration,
+        flap_guard: Duration,
+        ended: &Result<Disconnect, Stop>,
+    ) {
         self.last_connected_for = Some(lived);
         if lived >= flap_guard {
             self.reset();
         } else {
             self.failures = self.failures.saturating_add(1);
+            let how = match ended {
+                Ok(disconnect) => disconnect.to_string(),
+                Err(stop) => stop.to_string(),
+            };
+            self.last_error = Some(ConnectError::connect(
+                format!("the connection ended after {lived:?}, within the flap guard: {how}")
+                    .into(),
+            ));
         }
     }
 
@@ -276,6 +292,7 @@ where
             if self.close_after_current {
                 return Err(Stop::Closed);
             }
+            self.next_delay = Some(self.decide_delay()?);
             if disconnect == Ended::GracefullyAfterUse {
                 self.check_open()?;
                 tokio::task::yield_now().await;
@@ -302,16 +319,11 @@ where
             self.check_open()?;
             if std::mem::take(&mut self.inbox.reset_policy) {
                 self.streak.reset();
+                self.next_delay = None;
             }
-            let Some(delay) = self
-                .backoff
-                .next_delay(&self.shared.server_name, &self.streak.context())
-            else {
-                // ## Connecting => Closed (the policy gave up)
-                let error = self.streak.last_error.clone();
-                self.shared
-                    .give_up(error.unwrap_or_else(ConnectError::closed));
-                return Err(Stop::GaveUp);
+            let delay = match self.next_delay.take() {
+                Some(delay) => delay,
+                None => self.decide_delay()?,
             };
             let retry_at = Instant::now() + delay;
             self.shared.start_attempt(delay, self.streak.failures);
@@ -322,9 +334,30 @@ where
                     self.streak.failed(error.clone());
                     self.shared.finish_attempt(Some(error.clone()));
                     self.emit(Event::FailedToConnect(error));
+                    // Ask the policy now, so that giving up happens at the failure, not a
+                    // delay later; the answer is armed before the next attempt.
+                    self.next_delay = Some(self.decide_delay()?);
                     // ## Waiting => Connecting
                     self.wait_until(retry_at).await?;
                 }
+            }
+        }
+    }
+
+    /// Asks the retry policy for the delay before the next attempt; if it gives up, records
+    /// the error to close with and stops the driver.
+    fn decide_delay(&mut self) -> Result<Duration, Stop> {
+        match self
+            .backoff
+            .next_delay(&self.shared.server_name, &self.streak.context())
+        {
+            Some(delay) => Ok(delay),
+            None => {
+                // ## (Connecting | Disconnected) => Closed (the policy gave up)
+                let error = self.streak.last_error.clone();
+                self.shared
+                    .give_up(error.unwrap_or_else(ConnectError::closed));
+                Err(Stop::GaveUp)
             }
         }
     }
@@ -451,7 +484,7 @@ where
         // Every `Connected` is followed by a `Disconnected`, also when the driver stops.
         drop(self.shared.withdraw(word));
         let lived = connected_at.elapsed();
-        self.streak.connection_ended(lived, self.flap_guard);
+        self.streak.connection_ended(lived, self.flap_guard, &ended);
         self.shared.disconnected(self.streak.failures);
         let reason = match &ended {
             Ok(disconnect) => disconnect.to_string(),

@@ -407,6 +407,7 @@ where
             health_check: self.health_check.clone(),
             close_after_current: false,
             streak: Streak::default(),
+            next_delay: None,
             cycle: Cycle::default(),
             _end: EndGuard(shared.clone()),
         };

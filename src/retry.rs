@@ -140,7 +140,9 @@ impl<'a> RetryContext<'a> {
         self.last_connected_for
     }
 
-    /// The error of the latest failed attempt, if an attempt has failed since the last reset.
+    /// The error of the latest failed attempt, if an attempt has failed since the last reset;
+    /// after a connection that died within the flap guard, an error (kind
+    /// [`Connect`](crate::ConnectErrorKind::Connect)) that says how it ended.
     pub fn last_error(&self) -> Option<&'a ConnectError> {
         self.last_error
     }
