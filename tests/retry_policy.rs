@@ -773,7 +773,7 @@ fn retry_context_new_round_trips() {
 /// A zero initial delay stays zero whatever the failure count: `min(0 × multiplier^n, max)`
 /// is 0, also once `multiplier^n` overflows to infinity.
 #[test]
-#[ignore = "bug: Exponential::delay returns the cap when 0 × multiplier^n is NaN (power overflowed)"]
+#[ignore = "bug: Exponential::delay gives the cap, not 0, when 0 × multiplier^n is NaN"]
 fn a_zero_initial_delay_stays_zero_after_the_power_overflows() {
     let policy = Exponential::new(Duration::ZERO, 2.0, secs(10));
     assert_eq!(policy.delay(10), Duration::ZERO);
