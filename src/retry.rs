@@ -260,7 +260,10 @@ impl Exponential {
     /// The delay after `failures` failures in a row, before jitter.
     pub fn delay(&self, failures: u32) -> Duration {
         // Past the cap the power only grows: compute in seconds and stop at the cap, so huge
-        // failure counts neither overflow nor panic.
+        // failure counts neither overflow nor panic. (Zero stays zero: 0 × ∞ would be NaN.)
+        if self.initial.is_zero() {
+            return Duration::ZERO;
+        }
         let factor = self
             .multiplier
             .powi(i32::try_from(failures).unwrap_or(i32::MAX));
