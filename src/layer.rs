@@ -166,8 +166,9 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
         self
     }
 
-    /// The delay between two connection attempts, called before every attempt (so it may
-    /// grow). The timer is armed just before each attempt: the time the attempt takes counts
+    /// The delay between two connection attempts, called once for every attempt (so it may
+    /// grow): for the first attempt of the driver when it starts, for the others as soon as
+    /// the previous attempt failed or the previous connection ended. The timer is armed just before each attempt: the time the attempt takes counts
     /// toward the delay, and a connection that lived longer than the delay is replaced at once
     /// when it ends. The value is randomized by [`jitter`](Self::jitter), and clamped to
     /// [`MAX_RETRY_DELAY`](crate::MAX_RETRY_DELAY) (one warning per driver). A zero delay is

@@ -128,8 +128,9 @@ async fn a_short_lived_connection_waits_the_rest_of_the_delay_from_its_attempt()
     assert_eq!(maker.attempt_times(), vec![secs(0), secs(10), secs(20)]);
 }
 
-/// `retry_delay` is called before every attempt, so a growing delay (1, 2, 4, 8 s) gives
-/// growing gaps between attempts.
+/// `retry_delay` is called once for every attempt, so a growing delay (1, 2, 4, 8 s) gives
+/// growing gaps between attempts. (It is called as soon as the previous attempt failed, so
+/// while waiting there is one call more than attempts: the delay of the coming attempt.)
 #[tokio::test(start_paused = true)]
 async fn retry_delay_is_called_before_every_attempt() {
     let calls = Arc::new(AtomicU32::new(0));
@@ -143,7 +144,7 @@ async fn retry_delay_is_called_before_every_attempt() {
     let times = maker.attempt_times();
     assert_eq!(times, vec![secs(0), secs(1), secs(3), secs(7), secs(15)]);
     assert_eq!(gaps(&times), vec![secs(1), secs(2), secs(4), secs(8)]);
-    assert_eq!(calls.load(Ordering::SeqCst) as usize, maker.attempts());
+    assert_eq!(calls.load(Ordering::SeqCst) as usize, maker.attempts() + 1);
 }
 
 /// By default the delay is randomized by ±30 %: over 200 failed attempts every gap lies in
