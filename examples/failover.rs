@@ -132,6 +132,15 @@ async fn main() -> Result<(), BoxError> {
     // Every request ends by itself: answered, failed, or timed out.
     requests.join_all().await;
     stats.lock().unwrap().summary(REQUESTS);
+    let driver = handle.stats();
+    println!(
+        "driver: attempts={} failed_attempts={} connections={} disconnections={} last_error={}",
+        driver.attempts,
+        driver.failed_attempts,
+        driver.connections,
+        driver.disconnections,
+        driver.last_error.map_or("none".into(), |e| e.to_string()),
+    );
 
     handle.close().await;
     log!("closed");
