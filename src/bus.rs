@@ -167,8 +167,11 @@ where
 
     fn on_state(&self, new: State) {
         let mut state = self.inner.lock();
-        *state = new;
-        let _ = self.inner.sender.send(Update::State(new));
+        // The driver's first report (`Connecting`) is usually what the bus starts with.
+        if *state != new {
+            *state = new;
+            let _ = self.inner.sender.send(Update::State(new));
+        }
     }
 }
 

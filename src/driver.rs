@@ -269,6 +269,7 @@ where
     }
 
     async fn run_cycles(&mut self) -> Result<Infallible, Stop> {
+        self.report_state(State::Connecting);
         loop {
             // ## start of cycle => Connecting
             //
@@ -295,6 +296,7 @@ where
             self.next_delay = Some(self.decide_delay()?);
             if disconnect == Ended::GracefullyAfterUse {
                 self.check_open()?;
+                self.set_state(State::Connecting);
                 tokio::task::yield_now().await;
             } else {
                 self.wait_until(retry_at).await?;
@@ -560,7 +562,12 @@ where
     /// zero delay never starves other tasks.
     async fn wait_until(&mut self, at: Instant) -> Result<(), Stop> {
         self.check_open()?;
-        self.set_state(State::Waiting { next_attempt: at });
+        // A timer that has already fired (the connection outlived the delay) is no wait.
+        self.set_state(if at > Instant::now() {
+            State::Waiting { next_attempt: at }
+        } else {
+            State::Connecting
+        });
         tokio::task::yield_now().await;
         self.check_open()?;
         self.inbox.sleep_until(at).await
@@ -570,17 +577,21 @@ where
     /// by whoever closes the shared state; the hook hears it when the driver stops.)
     fn set_state(&self, state: State) {
         if self.shared.set_state(state) || state == State::Closed {
-            let on_event = &self.on_event;
-            if let Err(panic) =
-                std::panic::catch_unwind(AssertUnwindSafe(|| on_event.on_state(state)))
-            {
-                warn!(
-                    persistent_connection_to = %self.shared.server_name,
-                    ?state,
-                    panic = %panic_message(&*panic),
-                    "on_state panicked; the driver carries on",
-                );
-            }
+            self.report_state(state);
+        }
+    }
+
+    /// Tells the hook about `state`.
+    fn report_state(&self, state: State) {
+        let on_event = &self.on_event;
+        if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| on_event.on_state(state)))
+        {
+            warn!(
+                persistent_connection_to = %self.shared.server_name,
+                ?state,
+                panic = %panic_message(&*panic),
+                "on_state panicked; the driver carries on",
+            );
         }
     }
 

@@ -72,27 +72,36 @@ pub trait OnEvent<A, S>: Send + Sync + 'static {
     /// Called once per reported event.
     fn on_event(&self, event: &Event<A, S>);
 
-    /// Called whenever the driver's [`State`] changes (the same changes
-    /// [`Handle::state_changes`](crate::Handle::state_changes) shows), last with
-    /// [`State::Closed`] when the driver stops. Does nothing by default.
+    /// Called with the driver's [`State`] when it starts ([`State::Connecting`]) and whenever
+    /// it changes (the same changes [`Handle::state_changes`](crate::Handle::state_changes)
+    /// shows), last with [`State::Closed`] when the driver stops. Does nothing by default.
     fn on_state(&self, state: State) {
         let _ = state;
     }
 }
 
+/// Both hooks, in order. A panic in the first does not keep the second from hearing the
+/// event: it is resumed after the second has run (and the driver logs it).
 impl<A, S, E1, E2> OnEvent<A, S> for (E1, E2)
 where
     E1: OnEvent<A, S>,
     E2: OnEvent<A, S>,
 {
     fn on_event(&self, event: &Event<A, S>) {
-        self.0.on_event(event);
-        self.1.on_event(event);
+        both(|| self.0.on_event(event), || self.1.on_event(event));
     }
 
     fn on_state(&self, state: State) {
-        self.0.on_state(state);
-        self.1.on_state(state);
+        both(|| self.0.on_state(state), || self.1.on_state(state));
+    }
+}
+
+/// Runs `first`, then `second` even if `first` panicked; then resumes that panic.
+fn both(first: impl FnOnce(), second: impl FnOnce()) {
+    let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(first));
+    second();
+    if let Err(panic) = first {
+        std::panic::resume_unwind(panic);
     }
 }
 
