@@ -16,7 +16,7 @@ use std::{
 
 use futures_util::FutureExt as _;
 use persistent_connection::{
-    BoxError, ConnectErrorKind, Event, PersistentConnectionLayer,
+    BoxError, ConnectErrorKind, Event, Handle, PersistentConnectionLayer,
     http::{Http2Connection, Http2Connector},
 };
 use support::{Addr, Conn, Events, Maker, Plan, ms, secs, settle};
@@ -86,6 +86,14 @@ impl Checks {
     fn all(&self) -> Vec<(Duration, usize)> {
         self.log.lock().unwrap().clone()
     }
+}
+
+/// The next connection, within 100 s of paused time.
+async fn connected(handle: &Handle<Conn>) -> Conn {
+    timeout(secs(100), handle.connected())
+        .await
+        .expect("never connected")
+        .unwrap()
 }
 
 /// Events with their times in whole seconds.
@@ -213,10 +221,7 @@ async fn a_health_check_that_never_finishes_times_out_within_the_connect_timeout
         })
         .layer(maker.clone());
     let handle = svc.handle();
-    let conn = timeout(secs(100), handle.connected())
-        .await
-        .expect("never connected")
-        .unwrap();
+    let conn = connected(&handle).await;
     assert_eq!(conn.id(), 1);
 
     assert_eq!(
@@ -274,10 +279,7 @@ async fn a_panicking_health_check_is_a_failed_attempt() {
         })
         .layer(maker.clone());
     let handle = svc.handle();
-    let conn = timeout(secs(100), handle.connected())
-        .await
-        .expect("never connected")
-        .unwrap();
+    let conn = connected(&handle).await;
     assert_eq!(conn.id(), 2);
 
     assert_eq!(

@@ -13,7 +13,7 @@ use std::{
 };
 
 use persistent_connection::{
-    CloseReason, Closed, ConnectError, ConnectErrorKind, Constant, Exponential,
+    CloseReason, Closed, ConnectError, ConnectErrorKind, Constant, Exponential, Handle,
     PersistentConnectionLayer, RetryContext, RetryPolicy, State, Stats, policy_fn,
 };
 use support::{Conn, Maker, Plan, ms, secs, settle};
@@ -385,11 +385,7 @@ async fn give_up_after_three_failures_closes_with_the_third_error() {
     assert!(handle.is_closed());
     assert_eq!(handle.state(), State::Closed);
     assert_ready!(closed.poll());
-    let error = handle
-        .connected_or_failed_to_connect()
-        .await
-        .err()
-        .expect("an error once closed");
+    let error = close_error(&handle).await;
     assert_eq!(error.kind(), ConnectErrorKind::Connect);
     assert_eq!(error.to_string(), "connect failed: refused 3");
     let error = ServiceExt::<String>::ready(&mut svc)
@@ -403,6 +399,15 @@ async fn give_up_after_three_failures_closes_with_the_third_error() {
 
     tokio::time::sleep(secs(3600)).await;
     assert_eq!(maker.attempts(), 3);
+}
+
+/// The error `connected_or_failed_to_connect` gives once the persistent connection closed.
+async fn close_error(handle: &Handle<Conn>) -> ConnectError {
+    handle
+        .connected_or_failed_to_connect()
+        .await
+        .err()
+        .expect("an error once closed")
 }
 
 /// `give_up_after(0)` makes no attempt at all: the persistent connection closes at once, and
@@ -420,11 +425,7 @@ async fn give_up_after_zero_never_attempts_and_closes() {
     assert_eq!(handle.state(), State::Closed);
     let mut closed = tokio_test::task::spawn(handle.closed());
     assert_ready!(closed.poll());
-    let error = handle
-        .connected_or_failed_to_connect()
-        .await
-        .err()
-        .expect("an error once closed");
+    let error = close_error(&handle).await;
     assert_eq!(error.kind(), ConnectErrorKind::Closed);
     tokio::time::sleep(secs(3600)).await;
     assert_eq!(maker.attempts(), 0);
@@ -449,11 +450,7 @@ async fn flapping_connections_count_toward_give_up_after() {
     assert_eq!(maker.attempt_times(), [0, 1, 2].map(secs));
     let stats = handle.stats();
     assert_eq!((stats.connections, stats.disconnections), (3, 3));
-    let error = handle
-        .connected_or_failed_to_connect()
-        .await
-        .err()
-        .expect("an error once closed");
+    let error = close_error(&handle).await;
     assert_eq!(error.kind(), ConnectErrorKind::Connect);
     assert_eq!(
         error.to_string(),
