@@ -10,7 +10,8 @@ use std::{
 
 use futures_util::{FutureExt as _, Stream, StreamExt as _};
 use persistent_connection::{
-    Event, EventBus, Handle, OnEvent, PersistentConnectionLayer, State, Subscription, Update,
+    CloseSignal, Event, EventBus, Handle, OnEvent, PersistentConnectionLayer, State, Subscription,
+    Update,
 };
 use support::{Addr, Conn, Events, Maker, Plan, secs, settle};
 use tokio::time::{Instant, sleep_until, timeout};
@@ -140,6 +141,15 @@ fn strings(list: &[&str]) -> Vec<String> {
 /// `Waiting` carries the exact instant of the next attempt (after a failure, and after a
 /// short-lived connection was killed), `Connecting` and `Connected` follow, and after
 /// `close()` the stream yields `Closed` and ends. At every step `Handle::state()` is the
+/// The layer most tests use: address "a", a 10 s retry delay without jitter, and the
+/// connections' close signal.
+fn layer() -> PersistentConnectionLayer<Addr, (), impl CloseSignal<Conn> + Clone> {
+    PersistentConnectionLayer::fixed_address("a")
+        .jitter(0.0)
+        .retry_delay(|| secs(10))
+        .close_signal(|conn: &Conn| conn.closed())
+}
+
 /// stream's latest item.
 #[tokio::test(start_paused = true)]
 async fn state_changes_report_every_step_with_the_next_attempt_time() {
@@ -152,11 +162,7 @@ async fn state_changes_report_every_step_with_the_next_attempt_time() {
         Plan::Hang,
     );
     let t0 = Instant::now();
-    let svc = PersistentConnectionLayer::fixed_address("a")
-        .jitter(0.0)
-        .retry_delay(|| secs(10))
-        .close_signal(|conn: &Conn| conn.closed())
-        .layer(maker.clone());
+    let svc = layer().layer(maker.clone());
     let handle = svc.handle();
     let mut states = handle.state_changes();
 
@@ -280,12 +286,7 @@ async fn early_and_late_subscribers_see_the_state_then_the_same_updates() {
     let mut early = bus.subscribe();
     let maker = Maker::always_connect();
     let t0 = Instant::now();
-    let svc = PersistentConnectionLayer::fixed_address("a")
-        .jitter(0.0)
-        .retry_delay(|| secs(10))
-        .on_event(bus.clone())
-        .close_signal(|conn: &Conn| conn.closed())
-        .layer(maker.clone());
+    let svc = layer().on_event(bus.clone()).layer(maker.clone());
     drop(svc.handle().connected().await.unwrap());
     let mut late = bus.subscribe();
 
@@ -328,12 +329,7 @@ async fn early_and_late_subscribers_see_the_state_then_the_same_updates() {
 async fn a_late_subscriber_does_not_keep_a_dead_connection_alive() {
     let bus = EventBus::<Addr, Conn>::new();
     let maker = Maker::always_connect();
-    let svc = PersistentConnectionLayer::fixed_address("a")
-        .jitter(0.0)
-        .retry_delay(|| secs(10))
-        .on_event(bus.clone())
-        .close_signal(|conn: &Conn| conn.closed())
-        .layer(maker.clone());
+    let svc = layer().on_event(bus.clone()).layer(maker.clone());
     let handle = svc.handle();
     let conn = handle.connected().await.unwrap();
     let copies = conn.copies();
@@ -373,12 +369,7 @@ async fn a_subscriber_that_reads_its_backlog_releases_the_connections_in_it() {
     let mut early = bus.subscribe();
     let maker = Maker::always_connect();
     let t0 = Instant::now();
-    let svc = PersistentConnectionLayer::fixed_address("a")
-        .jitter(0.0)
-        .retry_delay(|| secs(10))
-        .on_event(bus.clone())
-        .close_signal(|conn: &Conn| conn.closed())
-        .layer(maker.clone());
+    let svc = layer().on_event(bus.clone()).layer(maker.clone());
     let handle = svc.handle();
     handle.connected().await.unwrap().kill();
     tokio::time::sleep(secs(10)).await;
@@ -495,12 +486,7 @@ async fn recv_returns_none_once_every_clone_of_the_bus_is_gone() {
 async fn on_state_hears_each_change_once_and_closed_last() {
     let log = StateLog::new(false);
     let maker = Maker::new([Plan::Fail("refused")], Plan::Connect);
-    let svc = PersistentConnectionLayer::fixed_address("a")
-        .jitter(0.0)
-        .retry_delay(|| secs(10))
-        .on_event(log.clone())
-        .close_signal(|conn: &Conn| conn.closed())
-        .layer(maker.clone());
+    let svc = layer().on_event(log.clone()).layer(maker.clone());
     let handle = svc.handle();
     sleep_until(log.t0 + secs(15)).await;
     maker.conn(0).kill();
@@ -533,11 +519,8 @@ async fn a_panicking_on_state_does_not_stop_the_driver() {
     let log = StateLog::new(true);
     let events = Events::new();
     let maker = Maker::new([Plan::Fail("refused")], Plan::Connect);
-    let svc = PersistentConnectionLayer::fixed_address("a")
-        .jitter(0.0)
-        .retry_delay(|| secs(10))
+    let svc = layer()
         .on_event((events.hook(), log.clone()))
-        .close_signal(|conn: &Conn| conn.closed())
         .layer(maker.clone());
     let handle = svc.handle();
     sleep_until(log.t0 + secs(15)).await;
@@ -593,11 +576,8 @@ async fn a_pair_of_hooks_delivers_to_both() {
     let events = Events::new();
     let maker = Maker::always_connect();
     let t0 = Instant::now();
-    let svc = PersistentConnectionLayer::fixed_address("a")
-        .jitter(0.0)
-        .retry_delay(|| secs(10))
+    let svc = layer()
         .on_event((bus.clone(), events.hook()))
-        .close_signal(|conn: &Conn| conn.closed())
         .layer(maker.clone());
     let handle = svc.handle();
     handle.connected().await.unwrap().kill();
@@ -691,12 +671,7 @@ async fn a_panic_in_the_first_hook_of_a_pair_does_not_starve_the_second() {
 async fn an_immediate_reconnect_never_reports_a_wait() {
     let log = StateLog::new(false);
     let maker = Maker::always_connect();
-    let svc = PersistentConnectionLayer::fixed_address("a")
-        .jitter(0.0)
-        .retry_delay(|| secs(10))
-        .on_event(log.clone())
-        .close_signal(|conn: &Conn| conn.closed())
-        .layer(maker.clone());
+    let svc = layer().on_event(log.clone()).layer(maker.clone());
     let handle = svc.handle();
     sleep_until(log.t0 + secs(30)).await;
     maker.conn(0).kill();
