@@ -1,94 +1,16 @@
 //! Logging: every reported event goes to `tracing` with the server's name, at its level.
 
+#[path = "support/logs.rs"]
+mod logs;
 mod support;
 
-use std::{
-    collections::BTreeMap,
-    fmt,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
+use logs::{LogRecorder, Record};
 use persistent_connection::{Event, MAX_RETRY_DELAY, PersistentConnectionLayer};
 use support::{Addr, Conn, Maker, Plan, secs};
 use tower::{Layer, ServiceExt};
-use tracing::{
-    Level, Subscriber,
-    field::{Field, Visit},
-};
-use tracing_subscriber::{layer::Context, prelude::*};
-
-/// One log event of the crate: its level, message and other fields (as text).
-#[derive(Clone, Debug)]
-struct Record {
-    level: Level,
-    message: String,
-    fields: BTreeMap<String, String>,
-}
-
-impl Record {
-    fn field(&self, name: &str) -> Option<&str> {
-        self.fields.get(name).map(String::as_str)
-    }
-}
-
-/// A `tracing` layer that records every event whose target is this crate.
-#[derive(Clone, Default)]
-struct LogRecorder {
-    records: Arc<Mutex<Vec<Record>>>,
-}
-
-impl LogRecorder {
-    /// Installs the recorder as this thread's subscriber until the guard is dropped. The
-    /// tests run on a current-thread runtime, so the driver task logs on this thread too.
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(self.clone()))
-    }
-
-    fn records(&self) -> Vec<Record> {
-        self.records.lock().unwrap().clone()
-    }
-
-    /// `(level, message)` of every record whose message is one of `messages`, in order.
-    fn only(&self, messages: &[&str]) -> Vec<(Level, String)> {
-        self.records()
-            .into_iter()
-            .filter(|r| messages.contains(&r.message.as_str()))
-            .map(|r| (r.level, r.message))
-            .collect()
-    }
-}
-
-/// Collects an event's fields as text.
-struct Fields<'a>(&'a mut BTreeMap<String, String>);
-
-impl Visit for Fields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_string(), value.to_string());
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0
-            .insert(field.name().to_string(), format!("{value:?}"));
-    }
-}
-
-impl<S: Subscriber> tracing_subscriber::Layer<S> for LogRecorder {
-    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        let metadata = event.metadata();
-        if !metadata.target().starts_with("persistent_connection") {
-            return;
-        }
-        let mut fields = BTreeMap::new();
-        event.record(&mut Fields(&mut fields));
-        let message = fields.remove("message").unwrap_or_default();
-        self.records.lock().unwrap().push(Record {
-            level: *metadata.level(),
-            message,
-            fields,
-        });
-    }
-}
+use tracing::Level;
 
 /// Every reported event is logged once, at its level (`FailedToConnect` at WARN,
 /// `AttemptingToConnect` and `ObtainedAddress` at DEBUG, `Connected` and `Disconnected` at

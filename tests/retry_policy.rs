@@ -1,17 +1,18 @@
 //! Retry policies: the delay schedule they give, the flap guard, giving up, the context a
 //! policy sees, and the counters of `Handle::stats`.
 
+#[path = "support/logs.rs"]
+mod logs;
 mod support;
 
 use std::{
-    collections::BTreeMap,
-    fmt,
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
+use logs::LogRecorder;
 use persistent_connection::{
     CloseReason, Closed, ConnectError, ConnectErrorKind, Constant, Exponential, Handle,
     PersistentConnectionLayer, RetryContext, RetryPolicy, State, Stats, policy_fn,
@@ -19,11 +20,7 @@ use persistent_connection::{
 use support::{Conn, Maker, Plan, ms, secs, settle};
 use tokio_test::{assert_pending, assert_ready};
 use tower::{Layer, ServiceExt};
-use tracing::{
-    Level, Subscriber,
-    field::{Field, Visit},
-};
-use tracing_subscriber::{layer::Context, prelude::*};
+use tracing::Level;
 
 // === Helpers ===
 
@@ -83,84 +80,6 @@ impl From<Stats> for Counters {
             next_delay: stats.next_delay,
             consecutive_failures: stats.consecutive_failures,
         }
-    }
-}
-
-/// One log event of the crate: its level, message and other fields (as text).
-#[derive(Clone, Debug)]
-struct Record {
-    level: Level,
-    message: String,
-    fields: BTreeMap<String, String>,
-}
-
-/// A `tracing` layer that records every event whose target is this crate.
-#[derive(Clone, Default)]
-struct LogRecorder {
-    records: Arc<Mutex<Vec<Record>>>,
-}
-
-/// The recorder of every test in this file, installed once as the global subscriber. (A
-/// per-test `set_default` subscriber can miss events: another test's thread may register a
-/// callsite concurrently, with no subscriber interested.) Tests tell their records apart by
-/// server name.
-fn logs() -> &'static LogRecorder {
-    static LOGS: OnceLock<LogRecorder> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let recorder = LogRecorder::default();
-        tracing::subscriber::set_global_default(
-            tracing_subscriber::registry().with(recorder.clone()),
-        )
-        .expect("no other global subscriber in this test binary");
-        recorder
-    })
-}
-
-impl LogRecorder {
-    /// The records with message `message` from the server named `server_name`.
-    fn find(&self, server_name: &str, message: &str) -> Vec<Record> {
-        self.records
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| {
-                r.message == message
-                    && r.fields.get("persistent_connection_to").map(String::as_str)
-                        == Some(server_name)
-            })
-            .cloned()
-            .collect()
-    }
-}
-
-/// Collects an event's fields as text.
-struct Fields<'a>(&'a mut BTreeMap<String, String>);
-
-impl Visit for Fields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_string(), value.to_string());
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0
-            .insert(field.name().to_string(), format!("{value:?}"));
-    }
-}
-
-impl<S: Subscriber> tracing_subscriber::Layer<S> for LogRecorder {
-    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        let metadata = event.metadata();
-        if !metadata.target().starts_with("persistent_connection") {
-            return;
-        }
-        let mut fields = BTreeMap::new();
-        event.record(&mut Fields(&mut fields));
-        let message = fields.remove("message").unwrap_or_default();
-        self.records.lock().unwrap().push(Record {
-            level: *metadata.level(),
-            message,
-            fields,
-        });
     }
 }
 
@@ -358,7 +277,7 @@ async fn reconnect_now_attempts_at_once_and_restarts_the_delay_from_the_initial_
 /// and a WARN says the policy gave up.
 #[tokio::test(start_paused = true)]
 async fn give_up_after_three_failures_closes_with_the_third_error() {
-    let logs = logs();
+    let logs = LogRecorder::global();
     let maker = Maker::new(
         [
             Plan::Fail("refused 1"),
