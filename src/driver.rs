@@ -180,7 +180,19 @@ impl Streak {
 /// A new connection and the future of its close signal (a panic in it is caught).
 pub(crate) struct Connection<S, C: CloseSignal<S>> {
     service: S,
-    closed: futures_util::future::CatchUnwind<AssertUnwindSafe<C::Future>>,
+    closed: Guarded<C::Future>,
+}
+
+/// A user future whose panic is caught.
+type Guarded<F> = futures_util::future::CatchUnwind<AssertUnwindSafe<F>>;
+
+/// Calls user code that returns a future: a panic in the call is caught now (its message is
+/// the error), one in the future when it is polled.
+fn guarded<F: Future>(call: impl FnOnce() -> F) -> Result<Guarded<F>, String> {
+    match std::panic::catch_unwind(AssertUnwindSafe(call)) {
+        Ok(future) => Ok(AssertUnwindSafe(future).catch_unwind()),
+        Err(panic) => Err(panic_message(&*panic)),
+    }
 }
 
 /// What a connection's end means for the next attempt.
@@ -334,7 +346,8 @@ where
                 Ok(connection) => return Ok((connection, retry_at)),
                 Err(error) => {
                     self.streak.failed(error.clone());
-                    self.shared.finish_attempt(Some(error.clone()));
+                    self.shared
+                        .finish_attempt(Some(error.clone()), self.streak.failures);
                     self.emit(Event::FailedToConnect(error));
                     // Ask the policy now, so that giving up happens at the failure, not a
                     // delay later; the answer is armed before the next attempt.
@@ -373,9 +386,9 @@ where
 
         // Both the closure and its future are user code: catch a panic in either.
         let get_address = &self.get_address;
-        let discover = match std::panic::catch_unwind(AssertUnwindSafe(|| get_address())) {
-            Ok(future) => AssertUnwindSafe(future).catch_unwind(),
-            Err(panic) => return Ok(Err(ConnectError::panic(&panic_message(&*panic)))),
+        let discover = match guarded(|| get_address()) {
+            Ok(discover) => discover,
+            Err(panic) => return Ok(Err(ConnectError::panic(&panic))),
         };
         let address = match self.inbox.race(timeout_at(deadline, discover)).await? {
             Err(_elapsed) => return Ok(Err(timed_out)),
@@ -400,11 +413,10 @@ where
 
         // ## Connected? Not before the health check passes.
         let health_check = &self.health_check;
-        let check =
-            match std::panic::catch_unwind(AssertUnwindSafe(|| health_check.check(&connection))) {
-                Ok(check) => AssertUnwindSafe(check).catch_unwind(),
-                Err(panic) => return Ok(Err(ConnectError::panic(&panic_message(&*panic)))),
-            };
+        let check = match guarded(|| health_check.check(&connection)) {
+            Ok(check) => check,
+            Err(panic) => return Ok(Err(ConnectError::panic(&panic))),
+        };
         match self.inbox.race(timeout_at(deadline, check)).await? {
             Err(_elapsed) => return Ok(Err(timed_out)),
             Ok(Err(panic)) => return Ok(Err(ConnectError::panic(&panic_message(&*panic)))),
@@ -412,16 +424,17 @@ where
             Ok(Ok(Ok(()))) => {}
         }
 
+        // A panic in the close signal's closure fails the attempt at once; one in its future
+        // ends the connection later, as an error.
         let close_signal = &self.close_signal;
-        let closed =
-            std::panic::catch_unwind(AssertUnwindSafe(|| close_signal.closed(&connection)));
-        Ok(match closed {
-            Ok(closed) => Ok(Connection {
-                service: connection,
-                closed: AssertUnwindSafe(closed).catch_unwind(),
-            }),
-            Err(panic) => Err(ConnectError::panic(&panic_message(&*panic))),
-        })
+        let closed = match guarded(|| close_signal.closed(&connection)) {
+            Ok(closed) => closed,
+            Err(panic) => return Ok(Err(ConnectError::panic(&panic))),
+        };
+        Ok(Ok(Connection {
+            service: connection,
+            closed,
+        }))
     }
 
     /// Publishes `connection` and waits until it ends.
@@ -434,7 +447,7 @@ where
             closed,
         } = connection;
         self.set_state(State::Connected);
-        self.shared.finish_attempt(None);
+        self.shared.finish_attempt(None, self.streak.failures);
         let word = self
             .shared
             .publish(connection.clone())
@@ -526,15 +539,11 @@ where
             };
             loop {
                 tokio::time::sleep(interval).await;
-                let check =
-                    std::panic::catch_unwind(AssertUnwindSafe(|| health_check.check(&connection)));
-                let outcome = match check {
-                    Ok(check) => {
-                        tokio::time::timeout(limit, AssertUnwindSafe(check).catch_unwind()).await
-                    }
-                    Err(panic) => Ok(Err(panic)),
+                let check = match guarded(|| health_check.check(&connection)) {
+                    Ok(check) => check,
+                    Err(panic) => return format!("health check panicked: {panic}").into(),
                 };
-                match outcome {
+                match tokio::time::timeout(limit, check).await {
                     Ok(Ok(Ok(()))) => {}
                     Ok(Ok(Err(error))) => return error,
                     Ok(Err(panic)) => {

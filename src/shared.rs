@@ -199,19 +199,20 @@ impl<S> Shared<S> {
         counters.consecutive_failures = consecutive_failures;
     }
 
-    /// Records the outcome of a finished attempt (`None` for success). A failure wakes
+    /// Records the outcome of a finished attempt (`None` for success), and the failures in a
+    /// row the driver counts after it. A failure wakes
     /// everyone (a `connected_or_failed_to_connect` waiter wants it); a success does not, as
     /// the [`publish`](Self::publish) that follows it wakes everyone anyway.
-    pub(crate) fn finish_attempt(&self, error: Option<ConnectError>) {
+    pub(crate) fn finish_attempt(&self, error: Option<ConnectError>, consecutive_failures: u32) {
         let failed = error.is_some();
         crate::metrics::attempt_finished(&self.server_name, error.as_ref());
         {
             let mut counters = lock(&self.counters);
             counters.finished += 1;
             counters.latest_failed = failed;
+            counters.consecutive_failures = consecutive_failures;
             if let Some(error) = error {
                 counters.failed += 1;
-                counters.consecutive_failures = counters.consecutive_failures.saturating_add(1);
                 counters.last_error = Some(error);
             } else {
                 counters.connections += 1;
