@@ -27,68 +27,12 @@ use persistent_connection::{
     classify::{self, Classified, ClassifyLayer, MarkedDead},
     http::{Http2Connection, Http2Connector},
 };
-use support::{Addr, Conn, Maker, ms, secs, settle};
-use tokio::{net::TcpListener, task::JoinHandle, time::Instant};
+use support::{Conn, Events, Maker, ms, secs, settle};
+use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_test::{assert_pending, assert_ready};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 // === helpers ===
-
-/// Records events as short strings with their time since the recorder was made:
-/// `"Attempting"`, `"Address(a)"`, `"Failed(text)"`, `"Connected(id)"`, `"Disconnected"`, for
-/// any connection type (given how to read its id).
-#[derive(Clone)]
-struct Recorder {
-    log: Arc<Mutex<Vec<(Duration, String)>>>,
-    start: Instant,
-}
-
-impl Recorder {
-    fn new() -> Self {
-        Self {
-            log: Arc::new(Mutex::new(Vec::new())),
-            start: Instant::now(),
-        }
-    }
-
-    /// The hook to pass to `on_event`; `id` reads a connection's id.
-    fn hook<S: 'static>(
-        &self,
-        id: fn(&S) -> usize,
-    ) -> impl Fn(&Event<Addr, S>) + Send + Sync + 'static {
-        let this = self.clone();
-        move |event: &Event<Addr, S>| {
-            let text = match event {
-                Event::AttemptingToConnect => "Attempting".to_string(),
-                Event::ObtainedAddress(a) => format!("Address({a})"),
-                Event::FailedToConnect(e) => format!("Failed({e})"),
-                Event::Connected(c) => format!("Connected({})", id(c)),
-                Event::Disconnected => "Disconnected".to_string(),
-                other => other.name().to_string(),
-            };
-            this.log.lock().unwrap().push((this.start.elapsed(), text));
-        }
-    }
-
-    fn names(&self) -> Vec<String> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|e| e.1.clone())
-            .collect()
-    }
-
-    /// The events so far, with their times in whole seconds.
-    fn timed_secs(&self) -> Vec<(u64, String)> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(t, e)| (t.as_secs(), e.clone()))
-            .collect()
-    }
-}
 
 /// The predicate of most tests: an answer to the request `"502"` marks the connection dead
 /// (a [`Conn`] answers `"{id}:{request}"`).
@@ -102,7 +46,7 @@ fn answers_502(outcome: Result<&String, &io::Error>) -> bool {
 fn persistent<P>(
     maker: &Maker,
     predicate: P,
-    recorder: &Recorder,
+    recorder: &Events,
 ) -> PersistentConnection<Classified<Conn, P>>
 where
     P: Fn(Result<&String, &io::Error>) -> bool + Send + Sync + 'static,
@@ -110,7 +54,7 @@ where
     PersistentConnectionLayer::fixed_address("a")
         .jitter(0.0)
         .retry_delay(|| secs(10))
-        .on_event(recorder.hook(|c: &Classified<Conn, P>| c.get_ref().id()))
+        .on_event(recorder.hook_with(|c: &Classified<Conn, P>| c.get_ref().id()))
         .close_signal(classify::close_signal(|c: &Conn| c.closed()))
         .layer(ClassifyLayer::new(predicate).layer(maker.clone()))
 }
@@ -132,7 +76,7 @@ where
 #[tokio::test(start_paused = true)]
 async fn a_connection_marked_dead_on_a_response_is_replaced_without_a_request() {
     let maker = Maker::always_connect();
-    let recorder = Recorder::new();
+    let recorder = Events::new();
     let mut svc = persistent(&maker, answers_502, &recorder);
 
     assert_eq!(send(&mut svc, "hello").await.unwrap(), "0:hello");
@@ -171,11 +115,11 @@ async fn a_connection_marked_dead_on_a_response_is_replaced_without_a_request() 
 #[tokio::test(start_paused = true)]
 async fn a_young_connection_marked_dead_waits_the_rest_of_the_retry_delay() {
     let maker = Maker::always_connect();
-    let recorder = Recorder::new();
+    let recorder = Events::new();
     let mut svc = PersistentConnectionLayer::fixed_address("a")
         .jitter(0.0)
         .retry_delay(|| secs(10))
-        .on_event(recorder.hook(|c: &Classified<Conn, _>| c.get_ref().id()))
+        .on_event(recorder.hook_with(|c: &Classified<Conn, _>| c.get_ref().id()))
         .close_signal(Classified::closed)
         .layer(ClassifyLayer::new(answers_502).layer(maker.clone()));
     svc.handle().connected().await.unwrap();
@@ -224,10 +168,10 @@ impl Service<String> for Upstream {
 #[tokio::test(start_paused = true)]
 async fn a_predicate_on_errors_marks_the_connection_dead() {
     let maker = Maker::always_connect();
-    let recorder = Recorder::new();
+    let recorder = Events::new();
     let mut svc = PersistentConnectionLayer::fixed_address("a")
         .jitter(0.0)
-        .on_event(recorder.hook(|c: &Classified<Upstream, _>| c.get_ref().0.id()))
+        .on_event(recorder.hook_with(|c: &Classified<Upstream, _>| c.get_ref().0.id()))
         .close_signal(Classified::closed)
         .layer(
             ClassifyLayer::new(|outcome: Result<&String, &io::Error>| outcome.is_err())
@@ -265,7 +209,7 @@ async fn a_predicate_on_errors_marks_the_connection_dead() {
 #[tokio::test(start_paused = true)]
 async fn a_predicate_that_says_alive_keeps_the_connection() {
     let maker = Maker::always_connect();
-    let recorder = Recorder::new();
+    let recorder = Events::new();
     let judged = Arc::new(AtomicUsize::new(0));
     let mut svc = persistent(
         &maker,
@@ -333,7 +277,7 @@ async fn a_panicking_predicate_is_caught_and_the_connection_stays_up() {
             .finish(),
     );
     let maker = Maker::always_connect();
-    let recorder = Recorder::new();
+    let recorder = Events::new();
     let mut svc = persistent(
         &maker,
         |outcome: Result<&String, &io::Error>| {
@@ -433,7 +377,7 @@ async fn closed_resolves_on_the_mark_whenever_it_was_made() {
 #[tokio::test(start_paused = true)]
 async fn the_combined_close_signal_also_fires_on_the_connections_own_signal() {
     let maker = Maker::always_connect();
-    let recorder = Recorder::new();
+    let recorder = Events::new();
     let svc = persistent(&maker, answers_502, &recorder);
     let first = svc.handle().connected().await.unwrap();
     tokio::time::sleep(secs(30)).await;

@@ -96,15 +96,6 @@ async fn connected(handle: &Handle<Conn>) -> Conn {
         .unwrap()
 }
 
-/// Events with their times in whole seconds.
-fn timed_secs(events: &Events) -> Vec<(u64, String)> {
-    events
-        .timed()
-        .into_iter()
-        .map(|(at, event)| (at.as_secs(), event))
-        .collect()
-}
-
 /// `(seconds, text)` pairs from literals.
 fn at(list: &[(u64, &str)]) -> Vec<(u64, String)> {
     list.iter().map(|(t, e)| (*t, (*e).to_owned())).collect()
@@ -157,7 +148,7 @@ async fn a_connection_counts_only_once_its_health_check_passes() {
     drop(ready);
 
     assert_eq!(
-        timed_secs(&events),
+        events.timed_secs(),
         at(&[
             (0, "Attempting"),
             (0, "Address(a)"),
@@ -233,7 +224,7 @@ async fn a_health_check_that_never_finishes_times_out_within_the_connect_timeout
         )]
     );
     assert_eq!(
-        timed_secs(&events),
+        events.timed_secs(),
         at(&[
             (0, "Attempting"),
             (0, "Address(a)"),
@@ -299,7 +290,7 @@ async fn a_panicking_health_check_is_a_failed_attempt() {
     );
     assert_eq!(maker.attempt_times(), [secs(0), secs(10), secs(20)]);
     assert_eq!(
-        timed_secs(&events).last(),
+        events.timed_secs().last(),
         Some(&(20, "Connected(2)".to_owned()))
     );
 }
@@ -348,7 +339,7 @@ async fn a_periodic_check_that_fails_ends_the_connection() {
     assert_eq!(handle.current_connection().map(|c| c.id()), Some(2));
 
     assert_eq!(
-        timed_secs(&events),
+        events.timed_secs(),
         at(&[
             (0, "Attempting"),
             (0, "Address(a)"),
