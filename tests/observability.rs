@@ -57,6 +57,14 @@ fn show_update(update: &Update<Addr, Conn>, t0: Instant) -> String {
     }
 }
 
+/// The subscription's next update, within [`GUARD`] of paused time (a missing update fails
+/// the test instead of hanging it).
+async fn next_update(subscription: &mut Subscription<Addr, Conn>) -> Option<Update<Addr, Conn>> {
+    timeout(GUARD, subscription.recv())
+        .await
+        .expect("no update within the guard time")
+}
+
 /// Every update the subscription has ready now, as text (the updates themselves are dropped).
 /// Panics if the subscription has ended.
 fn drain(subscription: &mut Subscription<Addr, Conn>, t0: Instant) -> Vec<String> {
@@ -335,7 +343,7 @@ async fn a_late_subscriber_does_not_keep_a_dead_connection_alive() {
     let copies = conn.copies();
 
     let mut late = bus.subscribe();
-    let first = late.recv().await;
+    let first = next_update(&mut late).await;
     assert!(
         matches!(first, Some(Update::State(State::Connected))),
         "the first update is the state"
@@ -399,7 +407,7 @@ async fn a_lagging_subscriber_is_told_then_resumes_from_the_current_state() {
     let bus = EventBus::<Addr, Conn>::with_capacity(4);
     let mut subscription = bus.subscribe();
     assert!(matches!(
-        subscription.recv().await,
+        next_update(&mut subscription).await,
         Some(Update::State(State::Connecting))
     ));
     let maker = Maker::new([], Plan::Fail("refused"));
@@ -416,7 +424,7 @@ async fn a_lagging_subscriber_is_told_then_resumes_from_the_current_state() {
     settle().await;
     assert_eq!(maker.attempts(), 10);
 
-    let lagged = subscription.recv().await;
+    let lagged = next_update(&mut subscription).await;
     let Some(Update::Lagged(missed)) = &lagged else {
         panic!(
             "expected Lagged, got {:?}",
@@ -427,7 +435,9 @@ async fn a_lagging_subscriber_is_told_then_resumes_from_the_current_state() {
         (1..=22).contains(missed),
         "missed {missed} of the 22 updates"
     );
-    let current = subscription.recv().await.map(|u| show_update(&u, t0));
+    let current = next_update(&mut subscription)
+        .await
+        .map(|u| show_update(&u, t0));
     assert_eq!(current.as_deref(), Some("State(Waiting(+10s))"));
     assert_eq!(bus.state(), handle.state());
     assert_eq!(
