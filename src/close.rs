@@ -9,15 +9,27 @@ use crate::BoxError;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum CloseReason {
-    /// The peer said goodbye: an idle close, an HTTP/2 `GOAWAY`, a clean end of stream.
+    /// The peer said goodbye after answering at least one request: an idle close, an HTTP/2
+    /// `GOAWAY`, a clean end of stream, a keep-alive request limit. Not a failure: the layer
+    /// starts the replacement at once, whatever the connection's age.
     Graceful,
+    /// The peer said goodbye before answering any request (accepts and closes, `GOAWAY` before
+    /// the first response). Counts as a failure: the retry delay applies, so a broken server
+    /// is not hammered.
+    GracefulBeforeServing,
     /// The connection failed: reset, I/O error, keep-alive timeout.
     Error(BoxError),
 }
 
 impl CloseReason {
-    /// Whether the close was graceful.
+    /// Whether the close was graceful (an orderly goodbye, served or not).
     pub fn is_graceful(&self) -> bool {
+        matches!(self, Self::Graceful | Self::GracefulBeforeServing)
+    }
+
+    /// Whether the layer replaces the connection at once, without counting a failure: a
+    /// graceful close of a connection that served.
+    pub fn replaces_at_once(&self) -> bool {
         matches!(self, Self::Graceful)
     }
 }
@@ -26,6 +38,9 @@ impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Graceful => f.write_str("closed gracefully"),
+            Self::GracefulBeforeServing => {
+                f.write_str("closed gracefully before answering any request")
+            }
             Self::Error(error) => write!(f, "closed with error: {error}"),
         }
     }

@@ -25,6 +25,7 @@ use crate::{
     retry::{Backoff, Constant, DEFAULT_JITTER, RetryPolicy, SharedPolicy},
     service::PersistentConnection,
     shared::Shared,
+    stats::RequestCounters,
 };
 
 /// The default bound on discovery plus connect of one attempt: 20 s.
@@ -94,6 +95,8 @@ struct Config<A> {
     graceful_reconnect_after: Duration,
     flap_guard: Duration,
     health_check_interval: Option<Duration>,
+    /// A connector's request counters, for `Stats` (set by `http1()`/`http2()`).
+    request_counters: Option<Arc<RequestCounters>>,
 }
 
 impl<A: Send + 'static> PersistentConnectionLayer<A> {
@@ -143,6 +146,7 @@ impl<A: Send + 'static> PersistentConnectionLayer<A> {
                 graceful_reconnect_after: DEFAULT_GRACEFUL_RECONNECT_AFTER,
                 flap_guard: DEFAULT_FLAP_GUARD,
                 health_check_interval: None,
+                request_counters: None,
             },
             on_event: Arc::new(()),
             close_signal: Arc::new(()),
@@ -152,6 +156,14 @@ impl<A: Send + 'static> PersistentConnectionLayer<A> {
 }
 
 impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
+    /// Makes the [`Stats`](crate::Stats) of the connections this layer makes read the request
+    /// counters of a connector (its replays and refusals).
+    #[cfg(feature = "hyper")]
+    pub(crate) fn with_request_counters(mut self, counters: Arc<RequestCounters>) -> Self {
+        self.config.request_counters = Some(counters);
+        self
+    }
+
     /// The server name, if one was set.
     #[cfg(feature = "hyper")]
     pub(crate) fn explicit_name(&self) -> Option<&str> {
@@ -387,7 +399,10 @@ where
         });
         let config = &self.config;
         let index = config.drivers.fetch_add(1, Ordering::Relaxed);
-        let shared = crate::sync::Arc::new(Shared::new(config.server_name.clone()));
+        let shared = crate::sync::Arc::new(
+            Shared::new(config.server_name.clone())
+                .with_request_counters(config.request_counters.clone()),
+        );
         let (commands, inbox) = mpsc::unbounded_channel();
         let driver = Driver {
             shared: shared.clone(),
@@ -442,6 +457,7 @@ impl<A> Clone for Config<A> {
             graceful_reconnect_after: self.graceful_reconnect_after,
             flap_guard: self.flap_guard,
             health_check_interval: self.health_check_interval,
+            request_counters: self.request_counters.clone(),
         }
     }
 }

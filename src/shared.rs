@@ -24,7 +24,7 @@ use slab::Slab;
 use crate::{
     error::ConnectError,
     state::State,
-    stats::Stats,
+    stats::{RequestCounters, Stats},
     sync::{AtomicBool, AtomicU64, Mutex, Ordering, lock},
 };
 
@@ -92,6 +92,8 @@ struct Counters {
     consecutive_failures: u32,
     /// Why the driver closed by itself: the error it gave up with.
     gave_up: Option<ConnectError>,
+    graceful_closes: u64,
+    rotations: u64,
 }
 
 pub(crate) struct Shared<S> {
@@ -106,6 +108,8 @@ pub(crate) struct Shared<S> {
     /// What the driver is doing, for handles.
     state: tokio::sync::watch::Sender<State>,
     pub(crate) server_name: std::sync::Arc<str>,
+    /// What the connector counts of its requests (replays, refusals), for [`Stats`].
+    requests: std::sync::Arc<RequestCounters>,
 }
 
 impl<S> Shared<S> {
@@ -118,7 +122,19 @@ impl<S> Shared<S> {
             counters: Mutex::new(Counters::default()),
             state: tokio::sync::watch::Sender::new(State::Connecting),
             server_name,
+            requests: std::sync::Arc::default(),
         }
+    }
+
+    /// Reads the request counters from `requests` (a connector's) instead of its own.
+    pub(crate) fn with_request_counters(
+        mut self,
+        requests: Option<std::sync::Arc<RequestCounters>>,
+    ) -> Self {
+        if let Some(requests) = requests {
+            self.requests = requests;
+        }
+        self
     }
 
     /// The current word: the one atomic load of the hot path.
@@ -252,6 +268,7 @@ impl<S> Shared<S> {
 
     /// A snapshot of the counters.
     pub(crate) fn stats(&self) -> Stats {
+        let (replayed_requests, refused_requests) = self.requests.read();
         let counters = lock(&self.counters);
         Stats {
             attempts: counters.started,
@@ -262,6 +279,10 @@ impl<S> Shared<S> {
             last_error: counters.last_error.clone(),
             next_delay: counters.next_delay,
             consecutive_failures: counters.consecutive_failures,
+            graceful_closes: counters.graceful_closes,
+            rotations: counters.rotations,
+            replayed_requests,
+            refused_requests,
         }
     }
 

@@ -1,7 +1,10 @@
 //! [`Stats`]: what the driver has done so far, read with
 //! [`Handle::stats`](crate::Handle::stats).
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use crate::error::ConnectError;
 
@@ -47,4 +50,51 @@ pub struct Stats {
     /// Attempts that failed in a row, as the retry policy counts them (reset by a connection
     /// that outlived the flap guard, or by `reconnect_now`).
     pub consecutive_failures: u32,
+    /// Connections that ended with the server's goodbye after serving (HTTP/2 `GOAWAY`,
+    /// `Connection: close`, an idle close): each replaced at once, none counted as a failure.
+    /// Included in `disconnections`.
+    pub graceful_closes: u64,
+    /// Connections replaced by the client because they reached
+    /// [`max_connection_age`](crate::PersistentConnectionLayer::max_connection_age), make
+    /// before break. Included in `disconnections`.
+    pub rotations: u64,
+    /// Requests the server provably never processed (refused by `GOAWAY` or `REFUSED_STREAM`,
+    /// or handed back unwritten) that the crate's HTTP connectors sent again on the next
+    /// connection, counted once per resend.
+    pub replayed_requests: u64,
+    /// Requests the server provably never processed that could not be sent again (body too
+    /// large to keep, or the resend limit reached): each failed with
+    /// [`NotProcessed`](crate::http::NotProcessed), safe for the caller to retry.
+    pub refused_requests: u64,
+}
+
+/// Counters of requests that a connector handles on its own (replays, refusals), shared with
+/// the layer's [`Stats`] when the connector is applied with
+/// [`PersistentConnectionLayer::http2`](crate::PersistentConnectionLayer::http2) or
+/// [`http1`](crate::PersistentConnectionLayer::http1).
+#[derive(Debug, Default)]
+pub(crate) struct RequestCounters {
+    replayed: AtomicU64,
+    refused: AtomicU64,
+}
+
+#[cfg_attr(not(feature = "hyper"), allow(dead_code))]
+impl RequestCounters {
+    /// One request sent again on the next connection.
+    pub(crate) fn replayed(&self) {
+        self.replayed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One request failed with `NotProcessed`.
+    pub(crate) fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (replayed, refused) so far.
+    pub(crate) fn read(&self) -> (u64, u64) {
+        (
+            self.replayed.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        )
+    }
 }
