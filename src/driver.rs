@@ -1,11 +1,28 @@
 //! The driver: the background task, one per layer application, that keeps the connection up.
 //!
 //! It runs connection *cycles*. Each cycle reports `AttemptingToConnect`, then makes attempts
-//! (arm the retry timer, discover the address, connect, all bounded by the connect timeout)
-//! until one succeeds, publishes the connection to every service clone, and serves until the
-//! connection ends; then it reports `Disconnected`, waits for the timer armed before the
-//! successful attempt (already expired if the connection lived longer than the delay), and
-//! starts the next cycle.
+//! (arm the retry timer, discover the address, connect, check health, all bounded by the
+//! connect timeout) until one succeeds, publishes the connection to every service clone, and
+//! serves until the connection ends; then it reports `Disconnected` and decides, from how the
+//! connection ended, whether the next cycle starts at once or after the retry timer armed
+//! before the successful attempt:
+//!
+//! - the server's goodbye after serving (`CloseReason::Graceful`: `GOAWAY`, `Connection:
+//!   close`, an idle close), or a goodbye before serving from a connection that outlived the
+//!   flap guard: at once, and no failure is counted;
+//! - anything else (an error, a failed `poll_ready`, a failed health check, a goodbye before
+//!   serving from a young connection): at the retry timer, which has already expired if the
+//!   connection lived longer than the delay.
+//!
+//! While serving, two things keep the connection without ending the cycle:
+//!
+//! - a periodic health check that answers [`NotServing`](crate::NotServing) withdraws the
+//!   connection (requests wait) and publishes it again when the server serves again;
+//! - with a maximum connection age, the driver makes the replacement *before* breaking the old
+//!   one: the old one serves until the new one is connected and healthy, then the new one is
+//!   published (reported as `Disconnected` of the old, then a cycle for the new one). If the
+//!   replacement attempt fails, the old keeps serving and the rotation is tried again after
+//!   the retry delay.
 //!
 //! # Shutdown
 //!
@@ -22,6 +39,8 @@ use std::{
     fmt,
     future::{Future, poll_fn},
     panic::AssertUnwindSafe,
+    pin::Pin,
+    sync::Arc as StdArc,
     time::Duration,
 };
 
@@ -39,9 +58,9 @@ use crate::{
     discover::GetAddress,
     error::ConnectError,
     event::{Event, OnEvent},
-    health::HealthCheck,
+    health::{HealthCheck, NotServing},
     retry::{Backoff, RetryContext},
-    shared::{Shared, Word},
+    shared::{Ending, Shared, Word},
     state::State,
     sync::Arc,
 };
@@ -79,22 +98,33 @@ impl fmt::Display for Stop {
     }
 }
 
+/// The result of a whole attempt run as one future (a rotation's, started while serving): the
+/// maker handed back, and the address with the new connection, or the failure.
+type AttemptOutput<A, M, C> = (
+    M,
+    Result<(A, Connection<<M as Service<A>>::Response, C>), ConnectError>,
+);
+
+/// A whole attempt as one future, owning the maker while it runs.
+type AttemptFuture<A, M, C> = Pin<Box<dyn Future<Output = AttemptOutput<A, M, C>> + Send>>;
+
 /// Everything one driver owns. `M` is the maker, `E` the event hook, `C` the close signal,
 /// `H` the health check.
-pub(crate) struct Driver<A, M: Service<A>, E, C, H> {
+pub(crate) struct Driver<A, M: Service<A>, E, C: CloseSignal<M::Response>, H> {
     pub(crate) shared: Arc<Shared<M::Response>>,
     pub(crate) inbox: Inbox,
-    pub(crate) maker: M,
+    /// The maker; `None` while a rotation's attempt owns it (see `in_flight`).
+    pub(crate) maker: Option<M>,
     pub(crate) get_address: GetAddress<A>,
     pub(crate) backoff: Backoff,
     pub(crate) connect_timeout: Duration,
-    /// A graceful close of a connection that lived at least this long is followed by an
-    /// immediate reconnect.
-    pub(crate) graceful_reconnect_after: Duration,
-    /// A connection that lived at least this long resets the retry policy's failure count.
+    /// A connection that lived at least this long resets the retry policy's failure count,
+    /// and its goodbye is not a failure even if it served nothing.
     pub(crate) flap_guard: Duration,
     /// How often to check a live connection's health, if at all.
     pub(crate) health_check_interval: Option<Duration>,
+    /// Replace a connection make-before-break once it is this old (jittered), if set.
+    pub(crate) max_connection_age: Option<Duration>,
     pub(crate) on_event: std::sync::Arc<E>,
     pub(crate) close_signal: std::sync::Arc<C>,
     pub(crate) health_check: std::sync::Arc<H>,
@@ -106,6 +136,9 @@ pub(crate) struct Driver<A, M: Service<A>, E, C, H> {
     pub(crate) next_delay: Option<Duration>,
     /// De-duplication state of the current cycle.
     pub(crate) cycle: Cycle<A>,
+    /// A rotation's attempt that was still running when the connection it was to replace
+    /// ended: the next cycle's first attempt.
+    pub(crate) in_flight: Option<AttemptFuture<A, M, C>>,
     /// Declared last so it runs after everything else the driver owns has been dropped.
     pub(crate) _end: EndGuard<M::Response>,
 }
@@ -147,30 +180,6 @@ impl Streak {
         self.last_error = Some(error);
     }
 
-    /// A connection ended after `lived`: it resets the count if it lived at least
-    /// `flap_guard`, else it counts as one more failure, whose error says how it ended.
-    fn connection_ended(
-        &mut self,
-        lived: Duration,
-        flap_guard: Duration,
-        ended: &Result<Disconnect, Stop>,
-    ) {
-        self.last_connected_for = Some(lived);
-        if lived >= flap_guard {
-            self.reset();
-        } else {
-            self.failures = self.failures.saturating_add(1);
-            let how = match ended {
-                Ok(disconnect) => disconnect.to_string(),
-                Err(stop) => stop.to_string(),
-            };
-            self.last_error = Some(ConnectError::connect(
-                format!("the connection ended after {lived:?}, within the flap guard: {how}")
-                    .into(),
-            ));
-        }
-    }
-
     fn reset(&mut self) {
         self.failures = 0;
         self.last_error = None;
@@ -195,13 +204,34 @@ fn guarded<F: Future>(call: impl FnOnce() -> F) -> Result<Guarded<F>, String> {
     }
 }
 
-/// What a connection's end means for the next attempt.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Ended {
-    /// Closed gracefully after living at least `graceful_reconnect_after`: reconnect at once.
-    GracefullyAfterUse,
-    /// Anything else: wait for the retry timer.
-    Otherwise,
+/// Runs one step of an attempt, user code that returns a future (`call`, called now), until
+/// `deadline`: a panic (in the call or its future) and the deadline are failed attempts, like
+/// the step's own error, which `error` maps.
+fn bounded<T, E, F>(
+    deadline: Instant,
+    timeout: Duration,
+    call: impl FnOnce() -> F,
+    error: impl FnOnce(E) -> ConnectError,
+) -> impl Future<Output = Result<T, ConnectError>>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    let future = guarded(call);
+    async move {
+        let future = future.map_err(|panic| ConnectError::panic(&panic))?;
+        match timeout_at(deadline, future).await {
+            Err(_elapsed) => Err(ConnectError::timeout(timeout)),
+            Ok(Err(panic)) => Err(ConnectError::panic(&panic_message(&*panic))),
+            Ok(Ok(result)) => result.map_err(error),
+        }
+    }
+}
+
+/// The outcome of one periodic health check.
+enum Health {
+    Serving,
+    NotServing,
+    Failed(BoxError),
 }
 
 /// How a served connection ended.
@@ -212,6 +242,18 @@ enum Disconnect {
     Failed(BoxError),
     /// A periodic health check failed.
     Unhealthy(BoxError),
+}
+
+/// How serving a connection ended.
+enum Served<A, S, C: CloseSignal<S>> {
+    /// The connection ended; `at_once` says whether the next cycle starts at once.
+    Ended { at_once: bool },
+    /// It reached its maximum age and was replaced by `connection` (already withdrawn and
+    /// reported `Disconnected`; the new one is not published yet).
+    Rotated {
+        address: A,
+        connection: Connection<S, C>,
+    },
 }
 
 /// The reason a close signal gave, or the panic it ended with.
@@ -243,6 +285,90 @@ impl fmt::Display for Disconnect {
             source = cause.source();
         }
         Ok(())
+    }
+}
+
+/// What connecting needs besides the maker, owned, so an attempt can run beside the driver.
+struct Dialer<C, H> {
+    health_check: StdArc<H>,
+    close_signal: StdArc<C>,
+    /// The health check interval: a new connection whose server answers "not serving" is
+    /// checked again after it, within the attempt's deadline.
+    recheck: Option<Duration>,
+    timeout: Duration,
+}
+
+impl<C, H> Dialer<C, H> {
+    /// The maker's `call`, then the health check, then the close signal; all within
+    /// `deadline`. Hands the maker back with the outcome.
+    async fn connect<A, M>(
+        self,
+        mut maker: M,
+        address: A,
+        deadline: Instant,
+    ) -> (M, Result<Connection<M::Response, C>, ConnectError>)
+    where
+        M: Service<A>,
+        M::Error: Into<BoxError>,
+        C: CloseSignal<M::Response>,
+        H: HealthCheck<M::Response>,
+    {
+        let outcome = self.connect_with(&mut maker, address, deadline).await;
+        (maker, outcome)
+    }
+
+    async fn connect_with<A, M>(
+        &self,
+        maker: &mut M,
+        address: A,
+        deadline: Instant,
+    ) -> Result<Connection<M::Response, C>, ConnectError>
+    where
+        M: Service<A>,
+        M::Error: Into<BoxError>,
+        C: CloseSignal<M::Response>,
+        H: HealthCheck<M::Response>,
+    {
+        let connection = bounded(
+            deadline,
+            self.timeout,
+            move || async move {
+                poll_fn(|cx| maker.poll_ready(cx)).await?;
+                maker.call(address).await
+            },
+            |error: M::Error| ConnectError::connect(error.into()),
+        )
+        .await?;
+
+        // ## Connected? Not before the health check passes. A server that answers "not
+        // serving" is asked again at the check interval, within the deadline.
+        loop {
+            let checked = bounded(
+                deadline,
+                self.timeout,
+                || self.health_check.check(&connection),
+                ConnectError::health_check,
+            )
+            .await;
+            match (checked, self.recheck) {
+                (Ok(()), _) => break,
+                (Err(error), Some(interval))
+                    if is_not_serving_error(&error) && Instant::now() + interval < deadline =>
+                {
+                    tokio::time::sleep(interval).await;
+                }
+                (Err(error), _) => return Err(error),
+            }
+        }
+
+        // A panic in the close signal's closure fails the attempt at once; one in its future
+        // ends the connection later, as an error.
+        let closed = guarded(|| self.close_signal.closed(&connection))
+            .map_err(|panic| ConnectError::panic(&panic))?;
+        Ok(Connection {
+            service: connection,
+            closed,
+        })
     }
 }
 
@@ -284,35 +410,86 @@ where
         self.report_state(State::Connecting);
         loop {
             // ## start of cycle => Connecting
-            //
-            // At start and after every disconnect: forget what this cycle has reported, so
-            // the first address and error of the new cycle are reported again.
-            self.check_open()?;
-            self.cycle = Cycle::default();
-            self.set_state(State::Connecting);
-            self.emit(Event::AttemptingToConnect);
+            self.start_cycle()?;
+            let (mut connection, retry_at) = self.connect_until_successful().await?;
+            let at_once = loop {
+                match self.serve_until_disconnected(connection).await? {
+                    Served::Ended { at_once } => break at_once,
+                    // ## Connected => Connected (make before break)
+                    //
+                    // The old connection is withdrawn and reported `Disconnected`; the new
+                    // one gets a cycle of its own, as if it had been made after a goodbye.
+                    Served::Rotated {
+                        address,
+                        connection: new,
+                    } => {
+                        self.start_cycle()?;
+                        self.emit(Event::ObtainedAddress(address));
+                        connection = new;
+                    }
+                }
+            };
 
-            let (connection, retry_at) = self.connect_until_successful().await?;
-            let disconnect = self.serve_until_disconnected(connection).await?;
-
-            // ## Disconnected => (Closed | Waiting | Connecting)
+            // ## Disconnected => (Closed | Connecting | Waiting)
             //
-            // The timer was armed before the attempt that made this connection: a connection
-            // that lived longer than the delay is replaced at once, a short-lived one waits
-            // out the rest, so a flapping server is not hammered. A server that said goodbye
-            // (idle close, GOAWAY) after a useful life is not failing: replace its connection
-            // at once rather than leave requests waiting.
+            // A server that said goodbye after serving (or after a life longer than the flap
+            // guard) is not failing: replace its connection at once, whatever its age, and
+            // count no failure. Anything else waits for the timer armed before the attempt
+            // that made this connection: a connection that lived longer than the delay is
+            // replaced at once, a short-lived one waits out the rest, so a flapping server is
+            // not hammered.
             if self.close_after_current {
                 return Err(Stop::Closed);
             }
             self.next_delay = Some(self.decide_delay()?);
-            if disconnect == Ended::GracefullyAfterUse {
+            if at_once {
                 self.check_open()?;
                 self.set_state(State::Connecting);
                 tokio::task::yield_now().await;
             } else {
                 self.wait_until(retry_at).await?;
             }
+        }
+    }
+
+    /// Starts a cycle: forgets what the last one reported (so its first address and error are
+    /// reported again) and reports `AttemptingToConnect`.
+    fn start_cycle(&mut self) -> Result<(), Stop> {
+        self.check_open()?;
+        self.cycle = Cycle::default();
+        self.set_state(State::Connecting);
+        self.emit(Event::AttemptingToConnect);
+        Ok(())
+    }
+
+    /// Tells the retry streak how the connection ended after `lived`; returns whether the
+    /// next cycle starts at once.
+    fn connection_ended(&mut self, disconnect: &Disconnect, lived: Duration) -> bool {
+        self.streak.last_connected_for = Some(lived);
+        let goodbye = self.is_goodbye(disconnect, lived);
+        if goodbye || lived >= self.flap_guard {
+            self.streak.reset();
+        } else {
+            self.streak.failures = self.streak.failures.saturating_add(1);
+            self.streak.last_error = Some(ConnectError::connect(
+                format!(
+                    "the connection ended after {lived:?}, within the flap guard: {disconnect}"
+                )
+                .into(),
+            ));
+        }
+        goodbye
+    }
+
+    /// Whether a connection that ended so after `lived` said goodbye (replaced at once, no
+    /// failure): a graceful close after serving, or one before serving from a connection older
+    /// than the flap guard (an idle close of an unused connection). A goodbye before serving
+    /// from a younger one (accept-then-close, `GOAWAY` before any response) is a failure.
+    fn is_goodbye(&self, disconnect: &Disconnect, lived: Duration) -> bool {
+        match disconnect {
+            Disconnect::Signal(reason) if reason.replaces_at_once() => true,
+            Disconnect::Signal(reason) if reason.is_graceful() => lived >= self.flap_guard,
+            _ => false,
         }
     }
 
@@ -329,7 +506,7 @@ where
             // attempt at 10 s, not 13 s.
             //
             // `reconnect_now()` resets the policy, as does a connection that lived at least
-            // the flap guard (see `serve_until_disconnected`).
+            // the flap guard (see `connection_ended`).
             self.check_open()?;
             if std::mem::take(&mut self.inbox.reset_policy) {
                 self.streak.reset();
@@ -340,9 +517,24 @@ where
                 None => self.decide_delay()?,
             };
             let retry_at = Instant::now() + delay;
-            self.shared.start_attempt(delay, self.streak.failures);
             self.set_state(State::Connecting);
-            match self.attempt().await? {
+            let outcome = match self.in_flight.take() {
+                // A rotation's attempt outlived the connection it was to replace: its
+                // outcome is this cycle's first (it was counted when it started).
+                Some(attempt) => {
+                    let (maker, outcome) = self.inbox.race(attempt).await?;
+                    self.maker = Some(maker);
+                    outcome.map(|(address, connection)| {
+                        self.emit(Event::ObtainedAddress(address));
+                        connection
+                    })
+                }
+                None => {
+                    self.shared.start_attempt(delay, self.streak.failures);
+                    self.attempt().await?
+                }
+            };
+            match outcome {
                 Ok(connection) => return Ok((connection, retry_at)),
                 Err(error) => {
                     self.streak.failed(error.clone());
@@ -377,95 +569,113 @@ where
         }
     }
 
-    /// One attempt: discover the address, connect and check the connection's health, within
-    /// the connect timeout, then ask for the connection's close signal. A panic in any of these user code paths is caught
-    /// and becomes a failed attempt.
+    /// One attempt of a cycle: discover the address (reported as soon as it is known), then
+    /// connect, each step cancelled at once by `close()`.
     async fn attempt(&mut self) -> Result<Result<Connection<M::Response, C>, ConnectError>, Stop> {
         let deadline = Instant::now() + self.connect_timeout;
-        let timed_out = ConnectError::timeout(self.connect_timeout);
-
-        // Both the closure and its future are user code: catch a panic in either.
-        let get_address = &self.get_address;
-        let discover = match guarded(|| get_address()) {
-            Ok(discover) => discover,
-            Err(panic) => return Ok(Err(ConnectError::panic(&panic))),
-        };
-        let address = match self.inbox.race(timeout_at(deadline, discover)).await? {
-            Err(_elapsed) => return Ok(Err(timed_out)),
-            Ok(Err(panic)) => return Ok(Err(ConnectError::panic(&panic_message(&*panic)))),
-            Ok(Ok(Err(error))) => return Ok(Err(ConnectError::discovery(error))),
-            Ok(Ok(Ok(address))) => address,
+        let address = match self.inbox.race(self.discover(deadline)).await? {
+            Ok(address) => address,
+            Err(error) => return Ok(Err(error)),
         };
         self.emit(Event::ObtainedAddress(address.clone()));
-
-        let maker = &mut self.maker;
-        let connect = AssertUnwindSafe(async move {
-            poll_fn(|cx| maker.poll_ready(cx)).await?;
-            maker.call(address).await
-        })
-        .catch_unwind();
-        let connection = match self.inbox.race(timeout_at(deadline, connect)).await? {
-            Err(_elapsed) => return Ok(Err(timed_out)),
-            Ok(Err(panic)) => return Ok(Err(ConnectError::panic(&panic_message(&*panic)))),
-            Ok(Ok(Err(error))) => return Ok(Err(ConnectError::connect(error.into()))),
-            Ok(Ok(Ok(connection))) => connection,
-        };
-
-        // ## Connected? Not before the health check passes.
-        let health_check = &self.health_check;
-        let check = match guarded(|| health_check.check(&connection)) {
-            Ok(check) => check,
-            Err(panic) => return Ok(Err(ConnectError::panic(&panic))),
-        };
-        match self.inbox.race(timeout_at(deadline, check)).await? {
-            Err(_elapsed) => return Ok(Err(timed_out)),
-            Ok(Err(panic)) => return Ok(Err(ConnectError::panic(&panic_message(&*panic)))),
-            Ok(Ok(Err(error))) => return Ok(Err(ConnectError::health_check(error))),
-            Ok(Ok(Ok(()))) => {}
-        }
-
-        // A panic in the close signal's closure fails the attempt at once; one in its future
-        // ends the connection later, as an error.
-        let close_signal = &self.close_signal;
-        let closed = match guarded(|| close_signal.closed(&connection)) {
-            Ok(closed) => closed,
-            Err(panic) => return Ok(Err(ConnectError::panic(&panic))),
-        };
-        Ok(Ok(Connection {
-            service: connection,
-            closed,
-        }))
+        let connect = self.connect(address, deadline);
+        let (maker, outcome) = self.inbox.race(connect).await?;
+        self.maker = Some(maker);
+        Ok(outcome)
     }
 
-    /// Publishes `connection` and waits until it ends.
+    /// An attempt as one future that owns what it needs (a rotation's, run while the old
+    /// connection serves): the driver stays free to serve meanwhile.
+    fn whole_attempt(&mut self) -> AttemptFuture<A, M, C> {
+        let deadline = Instant::now() + self.connect_timeout;
+        let discover = self.discover(deadline);
+        let maker = self.take_maker();
+        let dialer = self.dialer();
+        Box::pin(async move {
+            let address = match discover.await {
+                Ok(address) => address,
+                Err(error) => return (maker, Err(error)),
+            };
+            let (maker, outcome) = dialer.connect(maker, address.clone(), deadline).await;
+            (maker, outcome.map(|connection| (address, connection)))
+        })
+    }
+
+    /// Discovery, bounded by `deadline`.
+    fn discover(
+        &self,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<A, ConnectError>> + Send + 'static + use<A, M, E, C, H> {
+        let get_address = self.get_address.clone();
+        let timeout = self.connect_timeout;
+        async move { bounded(deadline, timeout, || get_address(), ConnectError::discovery).await }
+    }
+
+    /// Connecting to `address`, bounded by `deadline`, with the maker moved into the future
+    /// and handed back with the outcome.
+    fn connect(
+        &mut self,
+        address: A,
+        deadline: Instant,
+    ) -> impl Future<Output = (M, Result<Connection<M::Response, C>, ConnectError>)>
+    + Send
+    + 'static
+    + use<A, M, E, C, H> {
+        let maker = self.take_maker();
+        self.dialer().connect(maker, address, deadline)
+    }
+
+    fn take_maker(&mut self) -> M {
+        self.maker
+            .take()
+            .expect("the maker is handed back before the next attempt starts")
+    }
+
+    fn dialer(&self) -> Dialer<C, H> {
+        Dialer {
+            health_check: self.health_check.clone(),
+            close_signal: self.close_signal.clone(),
+            recheck: self.health_check_interval,
+            timeout: self.connect_timeout,
+        }
+    }
+
+    /// Publishes `connection` and serves until it ends or is rotated.
     async fn serve_until_disconnected(
         &mut self,
         connection: Connection<M::Response, C>,
-    ) -> Result<Ended, Stop> {
+    ) -> Result<Served<A, M::Response, C>, Stop> {
         let Connection {
             service: connection,
             closed,
         } = connection;
         self.set_state(State::Connected);
         self.shared.finish_attempt(None, self.streak.failures);
-        let word = self
-            .shared
-            .publish(connection.clone())
-            .ok_or(Stop::Closed)?;
+        let mut word = Some(
+            self.shared
+                .publish(connection.clone())
+                .ok_or(Stop::Closed)?,
+        );
         self.inbox.reconnect_now = false;
         self.inbox.reset_policy = false;
+        // With periodic health checks the driver keeps one copy, to check it and to publish
+        // it again after "not serving"; else none: the service clones keep their own.
+        let service = self.health_check_interval.map(|_| connection.clone());
         let connected_at = Instant::now();
-        // The driver keeps no copy (but the periodic health check's): after this the
-        // connection lives in the shared state and in the service clones (and wherever the
-        // event hook put it).
-        let mut unhealthy = Box::pin(self.periodic_health_check(&connection));
         self.emit(Event::Connected(connection));
+
+        let mut health = Box::pin(self.next_health_check(service.as_ref()));
+        let mut rotate_at = self
+            .max_connection_age
+            .map(|age| Instant::now() + self.backoff.jittered(age));
+        let mut rotation: Option<AttemptFuture<A, M, C>> = None;
 
         // ## Connected => Disconnected
         //
         // Either the connection's close signal fires, or a clone reports that `poll_ready`
-        // on this very connection failed. Reports about older connections are stale and
-        // ignored: a slow clone must not tear down a fresh connection.
+        // on this very connection failed, or a health check fails. Reports about older
+        // connections are stale and ignored: a slow clone must not tear down a fresh
+        // connection.
         tokio::pin!(closed);
         let ended = loop {
             tokio::select! {
@@ -475,10 +685,10 @@ where
                     Some(Command::Close) => break Err(Stop::Closed),
                     Some(Command::CloseAfterCurrent) => self.close_after_current = true,
                     Some(Command::ReconnectNow) => {}
-                    Some(Command::Failed { word: failed, error }) if failed == word => {
+                    Some(Command::Failed { word: failed, error }) if Some(failed) == word => {
                         // A connection that says goodbye (GOAWAY) fails `poll_ready` and fires
                         // its close signal at once; a clone's report may arrive first. The
-                        // signal says more (a graceful close reconnects at once): prefer it.
+                        // signal says more (a goodbye is replaced at once): prefer it.
                         break Ok(match closed.as_mut().now_or_never() {
                             Some(reason) => Disconnect::Signal(signal_reason(reason)),
                             None => Disconnect::Failed(error),
@@ -492,19 +702,109 @@ where
                     ),
                 },
                 reason = &mut closed => break Ok(Disconnect::Signal(signal_reason(reason))),
-                error = &mut unhealthy => break Ok(Disconnect::Unhealthy(error)),
+                health_now = &mut health => {
+                    match health_now {
+                        Health::Failed(error) => break Ok(Disconnect::Unhealthy(error)),
+                        // ## Connected => NotServing: the connection stays, requests wait.
+                        Health::NotServing => if let Some(old) = word.take() {
+                            drop(self.shared.withdraw(old));
+                            self.set_state(State::NotServing);
+                            info!(
+                                persistent_connection_to = %self.shared.server_name,
+                                "the server is not serving; requests wait on this connection's health",
+                            );
+                        },
+                        // ## NotServing => Connected
+                        Health::Serving => if let (None, Some(service)) = (word, &service) {
+                            word = Some(self.shared.publish(service.clone()).ok_or(Stop::Closed)?);
+                            self.set_state(State::Connected);
+                            info!(
+                                persistent_connection_to = %self.shared.server_name,
+                                "the server is serving again",
+                            );
+                        },
+                    }
+                    health.set(self.next_health_check(service.as_ref()));
+                }
+                () = sleep_until(rotate_at.unwrap_or_else(Instant::now)),
+                    if rotate_at.is_some() && rotation.is_none() =>
+                {
+                    debug!(
+                        persistent_connection_to = %self.shared.server_name,
+                        "the connection reached its maximum age; making its replacement",
+                    );
+                    self.shared.start_attempt(Duration::ZERO, self.streak.failures);
+                    rotation = Some(self.whole_attempt());
+                }
+                (maker, outcome) = async { rotation.as_mut().expect("guarded by the condition").await },
+                    if rotation.is_some() =>
+                {
+                    rotation = None;
+                    self.maker = Some(maker);
+                    match outcome {
+                        Ok((address, new)) => {
+                            // ## make before break: the replacement is up; retire the old one.
+                            let reason = "rotated: the connection reached its maximum age and its replacement is up";
+                            self.retire(word, Ok(Ending::Rotation), reason, connected_at.elapsed(), service);
+                            return Ok(Served::Rotated { address, connection: new });
+                        }
+                        Err(error) => {
+                            self.shared.finish_attempt(Some(error.clone()), self.streak.failures);
+                            let delay = self
+                                .backoff
+                                .next_delay(&self.shared.server_name, &RetryContext::new(1, None, Some(&error)))
+                                .unwrap_or(self.connect_timeout);
+                            warn!(
+                                persistent_connection_to = %self.shared.server_name,
+                                %error,
+                                retry_in = ?delay,
+                                "the replacement of an aged connection failed; the old one keeps serving",
+                            );
+                            rotate_at = Some(Instant::now() + delay);
+                        }
+                    }
+                }
             }
         };
-        drop(unhealthy);
-        // Every `Connected` is followed by a `Disconnected`, also when the driver stops.
-        drop(self.shared.withdraw(word));
+        drop(health);
+        // A rotation's attempt still running is the next cycle's first.
+        self.in_flight = rotation;
         let lived = connected_at.elapsed();
-        self.streak.connection_ended(lived, self.flap_guard, &ended);
-        self.shared.disconnected(self.streak.failures);
-        let reason = match &ended {
-            Ok(disconnect) => disconnect.to_string(),
-            Err(stop) => stop.to_string(),
+        let (ending, reason, at_once) = match &ended {
+            Ok(disconnect) => {
+                let at_once = self.connection_ended(disconnect, lived);
+                if at_once {
+                    let reason = format!(
+                        "the server said goodbye ({disconnect}); replacing the connection at once"
+                    );
+                    (Ok(Ending::Goodbye), reason, true)
+                } else {
+                    (Ok(Ending::Failure), disconnect.to_string(), false)
+                }
+            }
+            Err(stop) => (Err(*stop), stop.to_string(), false),
         };
+        self.retire(word, ending, &reason, lived, service);
+        ended.map(|_| Served::Ended { at_once })
+    }
+
+    /// Withdraws the connection published as `word` (if it is still published), records and
+    /// logs its end, and reports `Disconnected`: every `Connected` is followed by a
+    /// `Disconnected`, also when the driver stops.
+    fn retire(
+        &mut self,
+        word: Option<Word>,
+        ending: Result<Ending, Stop>,
+        reason: &str,
+        lived: Duration,
+        service: Option<M::Response>,
+    ) {
+        if let Some(word) = word {
+            drop(self.shared.withdraw(word));
+        }
+        drop(service);
+        self.shared
+            .disconnected(self.streak.failures, ending.unwrap_or(Ending::Failure));
         info!(
             persistent_connection_to = %self.shared.server_name,
             %reason,
@@ -512,47 +812,38 @@ where
             "disconnected",
         );
         self.emit(Event::Disconnected);
-        let graceful = matches!(&ended, Ok(Disconnect::Signal(reason)) if reason.is_graceful());
-        ended.map(|_| {
-            if graceful && lived >= self.graceful_reconnect_after {
-                Ended::GracefullyAfterUse
-            } else {
-                Ended::Otherwise
-            }
-        })
     }
 
-    /// With a health check interval: a future that checks `connection` every interval and
-    /// resolves with the first failure (a panic or a check longer than the connect timeout
-    /// counts as one). Without: a future that never resolves.
-    fn periodic_health_check(
+    /// A future that waits for the health check interval, then checks `connection` once.
+    /// Without an interval: a future that never resolves.
+    fn next_health_check(
         &self,
-        connection: &M::Response,
-    ) -> impl Future<Output = BoxError> + Send + use<A, M, E, C, H> {
+        connection: Option<&M::Response>,
+    ) -> impl Future<Output = Health> + Send + use<A, M, E, C, H> {
         let checked = self
             .health_check_interval
-            .map(|interval| (interval, self.health_check.clone(), connection.clone()));
+            .zip(connection)
+            .map(|(interval, connection)| {
+                (interval, self.health_check.clone(), connection.clone())
+            });
         let limit = self.connect_timeout;
         async move {
             let Some((interval, health_check, connection)) = checked else {
                 return std::future::pending().await;
             };
-            loop {
-                tokio::time::sleep(interval).await;
-                let check = match guarded(|| health_check.check(&connection)) {
-                    Ok(check) => check,
-                    Err(panic) => return format!("health check panicked: {panic}").into(),
-                };
-                match tokio::time::timeout(limit, check).await {
-                    Ok(Ok(Ok(()))) => {}
-                    Ok(Ok(Err(error))) => return error,
-                    Ok(Err(panic)) => {
-                        return format!("health check panicked: {}", panic_message(&*panic)).into();
-                    }
-                    Err(_elapsed) => {
-                        return format!("health check timed out after {limit:?}").into();
-                    }
-                }
+            tokio::time::sleep(interval).await;
+            let deadline = Instant::now() + limit;
+            let checked = bounded(
+                deadline,
+                limit,
+                || health_check.check(&connection),
+                ConnectError::health_check,
+            )
+            .await;
+            match checked {
+                Ok(()) => Health::Serving,
+                Err(error) if is_not_serving_error(&error) => Health::NotServing,
+                Err(error) => Health::Failed(Box::new(error)),
             }
         }
     }
@@ -735,4 +1026,16 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     } else {
         "a panic with a non-string payload".to_owned()
     }
+}
+
+/// Whether a failed check's error says "not serving" (a [`NotServing`] in its chain).
+fn is_not_serving_error(error: &ConnectError) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(error) = source {
+        if error.is::<NotServing>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }

@@ -1,7 +1,7 @@
 //! Health-gated readiness: the [`HealthCheck`] a new connection must pass before it counts as
 //! connected, and that may run periodically while it is up.
 
-use std::future::Future;
+use std::{fmt, future::Future};
 
 use futures_util::{TryFutureExt as _, future::MapErr};
 
@@ -78,3 +78,41 @@ where
         self(connection).map_err(Into::into as fn(E) -> BoxError)
     }
 }
+
+/// The answer of a [`HealthCheck`] whose server is up but not serving (gRPC's `NOT_SERVING`):
+/// return it (or any error with it in its source chain) from the check.
+///
+/// On a live connection it does not end the connection (gRFC A17): the layer withdraws it,
+/// so requests wait in `poll_ready` and the [state](crate::State) is `NotServing`, while the
+/// check keeps running at its interval; the first check that passes makes the connection
+/// ready again at once. Only a check that fails otherwise, panics or times out ends the
+/// connection. On a new connection, the check is repeated at the check interval (if one is
+/// set) until it passes, within the connect timeout; after that it is a failed attempt.
+///
+/// ```
+/// use persistent_connection::NotServing;
+///
+/// let answer: Result<(), NotServing> = Err(NotServing::new("status NOT_SERVING"));
+/// assert_eq!(answer.unwrap_err().to_string(), "the server is not serving: status NOT_SERVING");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotServing {
+    detail: String,
+}
+
+impl NotServing {
+    /// "Not serving", with what the server said.
+    pub fn new(detail: impl Into<String>) -> Self {
+        Self {
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for NotServing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the server is not serving: {}", self.detail)
+    }
+}
+
+impl std::error::Error for NotServing {}

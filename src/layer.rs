@@ -31,9 +31,6 @@ use crate::{
 /// The default bound on discovery plus connect of one attempt: 20 s.
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The default minimum life of a gracefully closed connection for an immediate reconnect.
-pub(crate) const DEFAULT_GRACEFUL_RECONNECT_AFTER: Duration = Duration::from_secs(1);
-
 /// The default minimum life of a connection that resets the retry policy.
 pub(crate) const DEFAULT_FLAP_GUARD: Duration = Duration::from_secs(1);
 
@@ -92,8 +89,8 @@ struct Config<A> {
     /// stream from the seed and its index.
     drivers: Arc<AtomicU64>,
     connect_timeout: Duration,
-    graceful_reconnect_after: Duration,
     flap_guard: Duration,
+    max_connection_age: Option<Duration>,
     health_check_interval: Option<Duration>,
     /// A connector's request counters, for `Stats` (set by `http1()`/`http2()`).
     request_counters: Option<Arc<RequestCounters>>,
@@ -143,8 +140,8 @@ impl<A: Send + 'static> PersistentConnectionLayer<A> {
                 rng_seed: None,
                 drivers: Arc::new(AtomicU64::new(0)),
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-                graceful_reconnect_after: DEFAULT_GRACEFUL_RECONNECT_AFTER,
                 flap_guard: DEFAULT_FLAP_GUARD,
+                max_connection_age: None,
                 health_check_interval: None,
                 request_counters: None,
             },
@@ -229,6 +226,12 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
     /// [`Exponential`](crate::Exponential) policy grow, rather than a reconnect every
     /// `initial` delay (grpc#2988).
     ///
+    /// The server's goodbye after serving (a [`CloseReason::Graceful`](crate::CloseReason))
+    /// is never a failure, whatever the connection's age. A goodbye before serving
+    /// ([`CloseReason::GracefulBeforeServing`](crate::CloseReason)) is one if the
+    /// connection lived less than `min_life` (a server that accepts and closes), and not one
+    /// after (an idle close of a connection nobody used).
+    ///
     /// Default is 1 second.
     pub fn flap_guard(mut self, min_life: Duration) -> Self {
         self.config.flap_guard = min_life;
@@ -290,16 +293,29 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
         self
     }
 
-    /// A connection whose [close signal](Self::close_signal) reports a graceful close (an
-    /// idle close, an HTTP/2 `GOAWAY`) after it lived at least `min_life` is replaced at once,
-    /// instead of waiting out the rest of the retry delay: the server is not failing, and
-    /// requests should not wait. A connection that closes gracefully sooner is treated like
-    /// any other (so a server that accepts and closes at once is still tried only once per
-    /// delay).
+    /// Replaces a connection once it is `age` old (randomized by the
+    /// [jitter](Self::jitter), so a fleet does not rotate in step), make before break: the
+    /// old connection keeps serving until its replacement is connected (and has passed the
+    /// [health check](Self::health_check), if set); then new requests go to the new one while
+    /// requests in flight finish on the old. If the replacement attempt fails, the old
+    /// connection keeps serving and the rotation is tried again after the retry policy's
+    /// delay. Each replacement runs discovery, so rotation spreads clients onto new replicas.
     ///
-    /// Default is 1 second.
-    pub fn graceful_reconnect_after(mut self, min_life: Duration) -> Self {
-        self.config.graceful_reconnect_after = min_life;
+    /// A rotation is reported as `Disconnected` of the old connection, then a new cycle
+    /// (`AttemptingToConnect`, `ObtainedAddress`, `Connected`) for the new one, all at the
+    /// moment of the switch; it is counted in [`Stats::rotations`](crate::Stats::rotations).
+    ///
+    /// Default is no maximum age.
+    ///
+    /// # Panics
+    ///
+    /// If `age` is zero.
+    pub fn max_connection_age(mut self, age: Duration) -> Self {
+        assert!(
+            !age.is_zero(),
+            "PersistentConnectionLayer::max_connection_age: the age must not be zero"
+        );
+        self.config.max_connection_age = Some(age);
         self
     }
 
@@ -355,7 +371,10 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
 
     /// Runs the [health check](Self::health_check) every `interval` while connected; a check
     /// that fails, panics or takes longer than the [connect timeout](Self::connect_timeout)
-    /// ends the connection (`Disconnected`, then a new cycle after the retry delay).
+    /// ends the connection (`Disconnected`, then a new cycle after the retry delay). A check
+    /// that answers [`NotServing`](crate::NotServing) keeps the connection but makes it
+    /// unready (state [`NotServing`](crate::State::NotServing)) until a check passes again
+    /// (gRFC A17).
     ///
     /// Default is no periodic check (only the check of each new connection).
     ///
@@ -407,7 +426,7 @@ where
         let driver = Driver {
             shared: shared.clone(),
             inbox: Inbox::new(inbox),
-            maker,
+            maker: Some(maker),
             get_address: config.get_address.clone(),
             backoff: Backoff::new(
                 config.retry_policy.clone(),
@@ -415,9 +434,9 @@ where
                 config.rng_seed.map(|seed| (seed, index)),
             ),
             connect_timeout: config.connect_timeout,
-            graceful_reconnect_after: config.graceful_reconnect_after,
             flap_guard: config.flap_guard,
             health_check_interval: config.health_check_interval,
+            max_connection_age: config.max_connection_age,
             on_event: self.on_event.clone(),
             close_signal: self.close_signal.clone(),
             health_check: self.health_check.clone(),
@@ -425,6 +444,7 @@ where
             streak: Streak::default(),
             next_delay: None,
             cycle: Cycle::default(),
+            in_flight: None,
             _end: EndGuard(shared.clone()),
         };
         runtime.spawn(driver.run());
@@ -454,8 +474,8 @@ impl<A> Clone for Config<A> {
             rng_seed: self.rng_seed,
             drivers: self.drivers.clone(),
             connect_timeout: self.connect_timeout,
-            graceful_reconnect_after: self.graceful_reconnect_after,
             flap_guard: self.flap_guard,
+            max_connection_age: self.max_connection_age,
             health_check_interval: self.health_check_interval,
             request_counters: self.request_counters.clone(),
         }
@@ -470,8 +490,8 @@ impl<A, E, C, H> fmt::Debug for PersistentConnectionLayer<A, E, C, H> {
             .field("jitter", &config.jitter)
             .field("rng_seed", &config.rng_seed)
             .field("connect_timeout", &config.connect_timeout)
-            .field("graceful_reconnect_after", &config.graceful_reconnect_after)
             .field("flap_guard", &config.flap_guard)
+            .field("max_connection_age", &config.max_connection_age)
             .field("health_check_interval", &config.health_check_interval)
             .finish_non_exhaustive()
     }

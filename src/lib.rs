@@ -330,7 +330,7 @@ pub use crate::{
     error::{Closed, ConnectError, ConnectErrorKind, InvalidJitter},
     event::{Event, OnEvent},
     handle::Handle,
-    health::HealthCheck,
+    health::{HealthCheck, NotServing},
     layer::PersistentConnectionLayer,
     load::ConnectionLoad,
     retry::{

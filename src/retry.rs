@@ -426,6 +426,18 @@ impl Backoff {
     }
 }
 
+impl Backoff {
+    /// `duration` randomized like a delay (uniformly within `[1 - jitter, 1 + jitter]` of
+    /// itself), so a fleet's timers do not fire in step.
+    pub(crate) fn jittered(&mut self, duration: Duration) -> Duration {
+        if self.jitter > 0.0 {
+            duration.mul_f64(self.rng.random_range(1.0 - self.jitter..=1.0 + self.jitter))
+        } else {
+            duration
+        }
+    }
+}
+
 impl fmt::Debug for Backoff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Backoff")

@@ -76,6 +76,17 @@ impl fmt::Debug for Word {
 
 // === Shared ===
 
+/// How a connection ended, for the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// The server said goodbye; replaced at once, no failure.
+    Goodbye,
+    /// Replaced make-before-break at its maximum age.
+    Rotation,
+    /// Anything else.
+    Failure,
+}
+
 /// The counters behind [`Stats`], and the outcome of the latest finished attempt.
 #[derive(Default)]
 struct Counters {
@@ -241,10 +252,15 @@ impl<S> Shared<S> {
     }
 
     /// Records the end of the connection, and the failures in a row it leaves.
-    pub(crate) fn disconnected(&self, consecutive_failures: u32) {
+    pub(crate) fn disconnected(&self, consecutive_failures: u32, ending: Ending) {
         crate::metrics::disconnected(&self.server_name);
         let mut counters = lock(&self.counters);
         counters.disconnections += 1;
+        match ending {
+            Ending::Goodbye => counters.graceful_closes += 1,
+            Ending::Rotation => counters.rotations += 1,
+            Ending::Failure => {}
+        }
         counters.connected_at = None;
         counters.consecutive_failures = consecutive_failures;
     }

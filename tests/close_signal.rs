@@ -154,25 +154,34 @@ async fn panic_in_close_signal_future_disconnects_and_reconnects() {
     assert_eq!(svc.handle().current_connection().unwrap().id(), 1);
 }
 
-/// `CloseReason` tells graceful from error closes.
+/// `CloseReason` tells graceful from error closes, and which goodbyes replace at once.
 #[test]
 fn close_reason_says_whether_the_close_was_graceful() {
     assert!(CloseReason::Graceful.is_graceful());
+    assert!(CloseReason::Graceful.replaces_at_once());
+    let unserved = CloseReason::GracefulBeforeServing;
+    assert!(unserved.is_graceful());
+    assert!(!unserved.replaces_at_once());
+    assert_eq!(
+        unserved.to_string(),
+        "closed gracefully before answering any request"
+    );
     let error = CloseReason::Error("reset".into());
     assert!(!error.is_graceful());
+    assert!(!error.replaces_at_once());
     assert_eq!(error.to_string(), "closed with error: reset");
 }
 
 /// A layer over `maker` with a 10 s delay (no jitter) and the close signal wired in.
 fn graceful_layer(
     maker: &Maker,
-    min_life: Option<Duration>,
+    flap_guard: Option<Duration>,
 ) -> persistent_connection::Handle<Conn> {
     let mut layer = PersistentConnectionLayer::fixed_address("a")
         .jitter(0.0)
         .close_signal(|conn: &Conn| conn.closed());
-    if let Some(min_life) = min_life {
-        layer = layer.graceful_reconnect_after(min_life);
+    if let Some(flap_guard) = flap_guard {
+        layer = layer.flap_guard(flap_guard);
     }
     let svc = layer.layer(maker.clone());
     let handle = svc.handle();
@@ -181,34 +190,88 @@ fn graceful_layer(
     handle
 }
 
-/// A graceful close (the server's goodbye: idle close, GOAWAY) of a connection that lived at
-/// least the minimum (default 1 s) is replaced at once, not after the rest of the 10 s delay.
+/// The server's goodbye after serving (GOAWAY, `Connection: close`, an idle close) is replaced
+/// at once whatever the connection's age, here 10 ms, far below the 10 s delay and the 1 s
+/// flap guard; it counts as no failure and as one graceful close.
 #[tokio::test(start_paused = true)]
-async fn graceful_close_after_a_useful_life_reconnects_at_once() {
+async fn goodbye_after_serving_reconnects_at_once_whatever_the_age() {
     let maker = Maker::always_connect();
     let handle = graceful_layer(&maker, None);
     handle.connected().await.unwrap();
-    tokio::time::sleep(secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
     maker.conn(0).close_gracefully();
     settle().await;
-    assert_eq!(maker.attempt_times(), [secs(0), secs(5)]);
+    assert_eq!(maker.attempt_times(), [secs(0), Duration::from_millis(10)]);
     assert_eq!(handle.current_connection().unwrap().id(), 1);
+    let stats = handle.stats();
+    assert_eq!(stats.graceful_closes, 1);
+    assert_eq!(stats.failed_attempts, 0);
+    assert_eq!(stats.consecutive_failures, 0);
 }
 
-/// A graceful close sooner than the minimum life (a server that accepts and closes at once)
-/// waits out the delay like any other end: one attempt per delay window.
+/// A server that serves a few requests per connection and says goodbye (a keep-alive request
+/// limit under load): 100 goodbyes 5 ms apart are 100 immediate replacements, the driver never
+/// waits, and the retry policy never sees a failure.
 #[tokio::test(start_paused = true)]
-async fn graceful_close_of_a_short_lived_connection_waits_the_delay() {
+async fn goodbyes_in_a_row_never_wait_and_never_count_as_failures() {
+    let maker = Maker::always_connect();
+    let handle = graceful_layer(&maker, None);
+    let mut states = handle.state_changes();
+    handle.connected().await.unwrap();
+    for id in 0..100 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        maker.conn(id).close_gracefully();
+        settle().await;
+        assert_eq!(handle.current_connection().unwrap().id(), id + 1);
+    }
+    let times = maker.attempt_times();
+    assert_eq!(times.len(), 101);
+    assert_eq!(*times.last().unwrap(), Duration::from_millis(500));
+    let stats = handle.stats();
+    assert_eq!((stats.graceful_closes, stats.failed_attempts), (100, 0));
+    assert_eq!(stats.consecutive_failures, 0);
+    drop(handle.close());
+    use futures_util::StreamExt as _;
+    while let Some(state) = states.next().await {
+        assert!(
+            !matches!(state, persistent_connection::State::Waiting { .. }),
+            "waited a retry delay: {state:?}"
+        );
+    }
+}
+
+/// A goodbye before serving anything from a young connection (a server that accepts and
+/// closes, or sends GOAWAY before any response) is a failure: the next attempt waits out the
+/// delay, one attempt per delay window, and the policy counts it.
+#[tokio::test(start_paused = true)]
+async fn goodbye_before_serving_from_a_young_connection_waits_the_delay() {
     let maker = Maker::always_connect();
     let handle = graceful_layer(&maker, None);
     handle.connected().await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    maker.conn(0).close_gracefully();
+    maker.conn(0).close_gracefully_before_serving();
     tokio::time::sleep(secs(9)).await;
     assert_eq!(maker.attempt_times(), [secs(0)]);
+    assert_eq!(handle.stats().consecutive_failures, 1);
+    assert_eq!(handle.stats().graceful_closes, 0);
     tokio::time::sleep(secs(1)).await;
     settle().await;
     assert_eq!(maker.attempt_times(), [secs(0), secs(10)]);
+}
+
+/// A goodbye before serving from a connection older than the flap guard is an idle close of a
+/// connection nobody used: replaced at once, no failure.
+#[tokio::test(start_paused = true)]
+async fn goodbye_before_serving_after_the_flap_guard_is_an_idle_close() {
+    let maker = Maker::always_connect();
+    let handle = graceful_layer(&maker, None);
+    handle.connected().await.unwrap();
+    tokio::time::sleep(secs(5)).await;
+    maker.conn(0).close_gracefully_before_serving();
+    settle().await;
+    assert_eq!(maker.attempt_times(), [secs(0), secs(5)]);
+    let stats = handle.stats();
+    assert_eq!((stats.graceful_closes, stats.consecutive_failures), (1, 0));
 }
 
 /// An error close is not a goodbye: the connection that lived 5 s waits the rest of the
@@ -225,22 +288,24 @@ async fn error_close_waits_the_rest_of_the_delay() {
     tokio::time::sleep(Duration::from_millis(1)).await;
     settle().await;
     assert_eq!(maker.attempt_times(), [secs(0), secs(10)]);
+    assert_eq!(handle.stats().graceful_closes, 0);
 }
 
-/// The minimum life is configurable: with 3 s, a graceful close at 2 s waits the delay.
+/// The flap guard sets the life below which a goodbye before serving is a failure: with 3 s,
+/// one at 2 s waits the delay, one after 4 s of life does not.
 #[tokio::test(start_paused = true)]
-async fn graceful_reconnect_after_sets_the_minimum_life() {
+async fn flap_guard_sets_when_a_goodbye_before_serving_is_a_failure() {
     let maker = Maker::always_connect();
     let handle = graceful_layer(&maker, Some(secs(3)));
     handle.connected().await.unwrap();
     tokio::time::sleep(secs(2)).await;
-    maker.conn(0).close_gracefully();
+    maker.conn(0).close_gracefully_before_serving();
     tokio::time::sleep(secs(8)).await;
     settle().await;
     assert_eq!(maker.attempt_times(), [secs(0), secs(10)]);
 
     tokio::time::sleep(secs(4)).await;
-    maker.conn(1).close_gracefully();
+    maker.conn(1).close_gracefully_before_serving();
     settle().await;
     assert_eq!(maker.attempt_times(), [secs(0), secs(10), secs(14)]);
 }

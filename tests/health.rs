@@ -16,7 +16,7 @@ use std::{
 
 use futures_util::FutureExt as _;
 use persistent_connection::{
-    BoxError, ConnectErrorKind, Event, Handle, PersistentConnectionLayer,
+    BoxError, ConnectErrorKind, Event, Handle, NotServing, PersistentConnectionLayer, State,
     http::{Http2Connection, Http2Connector},
 };
 use support::{Addr, Conn, Events, Maker, Plan, ms, secs, settle};
@@ -372,6 +372,134 @@ async fn a_periodic_check_that_fails_ends_the_connection() {
     let stats = handle.stats();
     assert_eq!((stats.disconnections, stats.failed_attempts), (1, 1));
     assert_eq!(maker.live.load(Ordering::SeqCst), 1);
+}
+
+/// A periodic check that answers `NotServing` (gRFC A17) keeps the connection: from the
+/// check at 3 s the service is `Pending` and the state `NotServing`, with no `Disconnected`
+/// and no new attempt, while the checks go on every second; the first check that passes (at
+/// 8 s) makes the same connection ready again at once.
+#[tokio::test(start_paused = true)]
+async fn a_not_serving_answer_makes_the_connection_unready_without_closing_it() {
+    let maker = Maker::always_connect();
+    let events = Events::new();
+    let checks = Checks::new();
+    let serving = Arc::new(AtomicBool::new(true));
+    let svc = PersistentConnectionLayer::fixed_address("a")
+        .jitter(0.0)
+        .retry_delay(|| secs(10))
+        .on_event(events.hook())
+        .health_check({
+            let checks = checks.clone();
+            let serving = serving.clone();
+            move |conn: &Conn| {
+                checks.record(conn);
+                let serving = serving.load(Ordering::SeqCst);
+                async move {
+                    if serving {
+                        Ok(())
+                    } else {
+                        Err(NotServing::new("status NOT_SERVING"))
+                    }
+                }
+            }
+        })
+        .health_check_interval(secs(1))
+        .layer(maker.clone());
+    let handle = svc.handle();
+    let mut ready = task::spawn(svc.clone().ready_oneshot());
+    let t0 = Instant::now();
+    sleep_until(t0 + ms(2500)).await;
+    assert_ready_ok!(ready.poll());
+    serving.store(false, Ordering::SeqCst);
+
+    sleep_until(t0 + ms(3500)).await;
+    assert_eq!(handle.state(), State::NotServing);
+    assert!(handle.current_connection().is_none(), "withdrawn");
+    let mut waiting = task::spawn(svc.clone().ready_oneshot());
+    assert_pending!(waiting.poll());
+    assert_eq!(maker.live.load(Ordering::SeqCst), 1, "the connection stays");
+
+    sleep_until(t0 + ms(7500)).await;
+    assert_pending!(waiting.poll());
+    serving.store(true, Ordering::SeqCst);
+    sleep_until(t0 + ms(8000)).await;
+    settle().await;
+    assert!(waiting.is_woken());
+    let mut ready = assert_ready_ok!(waiting.poll());
+    assert_eq!(
+        ready.call("x".into()).await.unwrap(),
+        "0:x",
+        "the same connection"
+    );
+    assert_eq!(handle.state(), State::Connected);
+
+    assert_eq!(maker.attempt_times(), [secs(0)]);
+    assert_eq!(events.names(), ["Attempting", "Address(a)", "Connected(0)"]);
+    let times: Vec<u64> = checks.all().iter().map(|(t, _)| t.as_secs()).collect();
+    assert_eq!(times, [0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    let stats = handle.stats();
+    assert_eq!((stats.disconnections, stats.failed_attempts), (0, 0));
+}
+
+/// A new connection whose server answers `NotServing` is checked again at the interval (not
+/// after the retry delay), within the connect timeout: it is reported `Connected` once a check
+/// passes, with no failed attempt. Past the connect timeout it is a failed attempt.
+#[tokio::test(start_paused = true)]
+async fn a_new_connection_not_serving_is_checked_again_at_the_interval() {
+    let maker = Maker::always_connect();
+    let events = Events::new();
+    let serving_from = Arc::new(Mutex::new(secs(3)));
+    let t0 = Instant::now();
+    let svc = PersistentConnectionLayer::fixed_address("a")
+        .jitter(0.0)
+        .retry_delay(|| secs(10))
+        .connect_timeout(secs(5))
+        .on_event(events.hook())
+        .health_check({
+            let serving_from = serving_from.clone();
+            move |_: &Conn| {
+                let serving = t0.elapsed() >= *serving_from.lock().unwrap();
+                async move {
+                    if serving {
+                        Ok(())
+                    } else {
+                        Err(NotServing::new("warming up"))
+                    }
+                }
+            }
+        })
+        .health_check_interval(secs(1))
+        .layer(maker.clone());
+    let handle = svc.handle();
+    let conn = connected(&handle).await;
+    assert_eq!((conn.id(), t0.elapsed()), (0, secs(3)));
+    assert_eq!(events.names(), ["Attempting", "Address(a)", "Connected(0)"]);
+    assert_eq!(handle.stats().failed_attempts, 0);
+    drop(conn);
+    drop(handle);
+    drop(svc);
+
+    // Never serving within the 5 s connect timeout: a failed attempt that says why.
+    let maker = Maker::always_connect();
+    let events = Events::new();
+    let svc = PersistentConnectionLayer::fixed_address("a")
+        .jitter(0.0)
+        .retry_delay(|| secs(10))
+        .connect_timeout(secs(5))
+        .on_event(events.hook())
+        .health_check(|_: &Conn| async { Err::<(), _>(NotServing::new("draining")) })
+        .health_check_interval(secs(1))
+        .layer(maker.clone());
+    tokio::time::sleep(secs(6)).await;
+    assert_eq!(
+        events.names(),
+        [
+            "Attempting",
+            "Address(a)",
+            "Failed(health check failed: the server is not serving: draining)"
+        ]
+    );
+    drop(svc);
 }
 
 /// A periodic check that hangs ends the connection after the interval plus the connect

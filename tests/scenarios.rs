@@ -150,7 +150,7 @@ fn flapping(
         tokio::spawn(async move {
             sleep(life).await;
             if graceful {
-                doomed.close_gracefully();
+                doomed.close_gracefully_before_serving();
             } else {
                 doomed.kill();
             }
@@ -614,8 +614,9 @@ async fn s13_flapping_server_is_reconnected_at_most_once_per_delay() {
 }
 
 /// Scenario 13, with goodbyes: a server that closes each connection gracefully 5 ms after
-/// accepting it (a proxy with no backend) is still tried only once per delay: a graceful close
-/// reconnects at once only after a useful life.
+/// accepting it, before answering anything (a proxy with no backend), is still tried only once
+/// per delay: a goodbye is replaced at once only from a connection that served (or outlived
+/// the flap guard).
 #[tokio::test(start_paused = true)]
 async fn s13_flapping_server_that_says_goodbye_is_reconnected_at_most_once_per_delay() {
     let maker = Maker::always_connect();

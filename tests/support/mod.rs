@@ -225,6 +225,8 @@ struct ConnInner {
     closed: watch::Sender<bool>,
     /// Whether the close signal reports a graceful close.
     graceful: Arc<AtomicBool>,
+    /// Whether that graceful close comes before serving anything.
+    unserved: Arc<AtomicBool>,
     calls: AtomicUsize,
     polls: AtomicUsize,
     live: Arc<AtomicUsize>,
@@ -249,6 +251,7 @@ impl Conn {
                 silent: AtomicBool::new(false),
                 closed: watch::Sender::new(false),
                 graceful: Arc::new(AtomicBool::new(false)),
+                unserved: Arc::new(AtomicBool::new(false)),
                 calls: AtomicUsize::new(0),
                 polls: AtomicUsize::new(0),
                 live,
@@ -278,11 +281,21 @@ impl Conn {
         self.inner.closed.send_replace(true);
     }
 
-    /// Marks the connection dead and fires its close signal, as a graceful close (the
-    /// server's goodbye).
+    /// Marks the connection dead and fires its close signal, as a graceful close after
+    /// serving (the server's goodbye, `CloseReason::Graceful`).
     pub fn close_gracefully(&self) {
         self.fail();
         self.inner.graceful.store(true, Ordering::SeqCst);
+        self.inner.closed.send_replace(true);
+    }
+
+    /// Marks the connection dead and fires its close signal, as a goodbye before serving
+    /// anything (`CloseReason::GracefulBeforeServing`: accept-then-close, `GOAWAY` before the
+    /// first response).
+    pub fn close_gracefully_before_serving(&self) {
+        self.fail();
+        self.inner.graceful.store(true, Ordering::SeqCst);
+        self.inner.unserved.store(true, Ordering::SeqCst);
         self.inner.closed.send_replace(true);
     }
 
@@ -315,9 +328,12 @@ impl Conn {
     pub fn closed(&self) -> impl Future<Output = CloseReason> + Send + use<> {
         let mut rx = self.inner.closed.subscribe();
         let graceful = self.inner.graceful.clone();
+        let unserved = self.inner.unserved.clone();
         async move {
             let _ = rx.wait_for(|closed| *closed).await;
-            if graceful.load(Ordering::SeqCst) {
+            if unserved.load(Ordering::SeqCst) {
+                CloseReason::GracefulBeforeServing
+            } else if graceful.load(Ordering::SeqCst) {
                 CloseReason::Graceful
             } else {
                 CloseReason::Error("connection killed".into())
