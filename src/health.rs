@@ -15,7 +15,8 @@ use crate::BoxError;
 /// check is a failed attempt (kind [`HealthCheck`](crate::ConnectErrorKind::HealthCheck)),
 /// followed by the retry delay like any other. With
 /// [`health_check_interval`](crate::PersistentConnectionLayer::health_check_interval) it also
-/// runs periodically, and a failure ends the connection.
+/// runs periodically, and a failure ends the connection; an answer of [`NotServing`] instead
+/// makes the connection unready while keeping it (gRFC A17).
 ///
 /// Implemented for `()` (no check, the default) and for every
 /// `Fn(&S) -> impl Future<Output = Result<(), E>>` closure with `E: Into<BoxError>`. The future
@@ -25,7 +26,7 @@ use crate::BoxError;
 /// # Example: gRPC health checking with tonic-health
 ///
 /// ```no_run
-/// use persistent_connection::{BoxError, PersistentConnectionLayer, http::{Http2Connection, Http2Connector}};
+/// use persistent_connection::{BoxError, NotServing, PersistentConnectionLayer, http::{Http2Connection, Http2Connector}};
 /// use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 ///
 /// # #[tokio::main] async fn main() {
@@ -40,7 +41,8 @@ use crate::BoxError;
 ///             if status == ServingStatus::Serving as i32 {
 ///                 Ok(())
 ///             } else {
-///                 Err(BoxError::from(format!("not serving: status {status}")))
+///                 // Keeps the connection, unready, until a check sees SERVING again.
+///                 Err(BoxError::from(NotServing::new(format!("status {status}"))))
 ///             }
 ///         }
 ///     })

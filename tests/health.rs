@@ -749,4 +749,106 @@ mod grpc {
             .expect("close did not finish");
         server.abort();
     }
+
+    /// gRFC A17 against a real tonic-health server: a check that maps `NOT_SERVING` to
+    /// [`NotServing`] keeps the connection through a NOT_SERVING spell (requests wait, state
+    /// `NotServing`, no `Disconnected`, the server accepts no second connection) and the
+    /// service is ready again as soon as a check sees SERVING, on the same connection.
+    #[tokio::test]
+    async fn not_serving_from_a_grpc_server_keeps_the_connection_and_serving_resumes_at_once() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let address = listener.local_addr().expect("local address");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let incoming = {
+            let accepted = accepted.clone();
+            futures_util::stream::unfold(listener, move |listener| {
+                let accepted = accepted.clone();
+                async move {
+                    let accepted_now = listener.accept().await.map(|(stream, _)| stream);
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    Some((accepted_now, listener))
+                }
+            })
+        };
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status(SERVICE, ServingStatus::Serving)
+            .await;
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming(incoming),
+        );
+
+        let (seen, events) = mpsc::unbounded_channel::<String>();
+        let mut events = Receiver(events);
+        let svc = PersistentConnectionLayer::fixed_address(address)
+            .server_name(SERVICE)
+            .retry_delay(|| secs(10))
+            .connect_timeout(secs(2))
+            .on_event(move |event: &Event<SocketAddr, Conn>| {
+                let _ = seen.send(event.name().to_owned());
+            })
+            .health_check(move |conn: &Conn| {
+                let mut client = HealthClient::new(conn.clone());
+                async move {
+                    match client.check(request()).await?.into_inner().status() {
+                        Status::Serving => Ok(()),
+                        status => Err(BoxError::from(NotServing::new(format!("{status:?}")))),
+                    }
+                }
+            })
+            .health_check_interval(ms(100))
+            .http2(Http2Connector::<Body>::new());
+        let handle = svc.handle();
+        let mut client = HealthClient::new(svc.clone());
+        timeout(GUARD, client.check(request()))
+            .await
+            .unwrap()
+            .unwrap();
+        events.until(|e| e == "Connected").await;
+
+        reporter
+            .set_service_status(SERVICE, ServingStatus::NotServing)
+            .await;
+        let mut states = handle.state_changes();
+        use futures_util::StreamExt as _;
+        timeout(GUARD, async {
+            while states.next().await != Some(State::NotServing) {}
+        })
+        .await
+        .expect("the state turns NotServing");
+        let mut waiting = task::spawn(svc.clone().ready_oneshot());
+        assert_pending!(waiting.poll());
+        let spell = Instant::now();
+
+        reporter
+            .set_service_status(SERVICE, ServingStatus::Serving)
+            .await;
+        let mut ready = timeout(GUARD, waiting).await.unwrap().unwrap();
+        let resumed = spell.elapsed();
+        eprintln!("ready again {resumed:?} after SERVING was set (check interval 100 ms)");
+        poll_fn(|cx| ready.poll_ready(cx)).await.unwrap();
+        let mut client = HealthClient::new(ready);
+        let status = timeout(GUARD, client.check(request()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.into_inner().status(), Status::Serving);
+
+        assert_eq!(handle.state(), State::Connected);
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one connection throughout"
+        );
+        let stats = handle.stats();
+        assert_eq!((stats.disconnections, stats.failed_attempts), (0, 0));
+        while let Ok(event) = events.0.try_recv() {
+            assert_ne!(event, "Disconnected");
+        }
+        server.abort();
+    }
 }
