@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::error::ConnectError;
+use crate::{error::ConnectError, shared::Ending};
 
 #[cfg(feature = "metrics")]
 pub(crate) fn attempt_started(server: &Arc<str>, delay: Duration) {
@@ -42,9 +42,20 @@ pub(crate) fn attempt_finished(server: &Arc<str>, error: Option<&ConnectError>) 
 }
 
 #[cfg(feature = "metrics")]
-pub(crate) fn disconnected(server: &Arc<str>) {
+pub(crate) fn disconnected(server: &Arc<str>, ending: Ending) {
     metrics::counter!("persistent_connection_disconnections_total", "server" => server.clone())
         .increment(1);
+    match ending {
+        Ending::Goodbye => {
+            metrics::counter!("persistent_connection_graceful_closes_total", "server" => server.clone())
+                .increment(1);
+        }
+        Ending::Rotation => {
+            metrics::counter!("persistent_connection_rotations_total", "server" => server.clone())
+                .increment(1);
+        }
+        Ending::Failure => {}
+    }
     metrics::gauge!("persistent_connection_connected", "server" => server.clone()).set(0.0);
 }
 
@@ -55,4 +66,4 @@ pub(crate) fn attempt_started(_: &Arc<str>, _: Duration) {}
 pub(crate) fn attempt_finished(_: &Arc<str>, _: Option<&ConnectError>) {}
 
 #[cfg(not(feature = "metrics"))]
-pub(crate) fn disconnected(_: &Arc<str>) {}
+pub(crate) fn disconnected(_: &Arc<str>, _: Ending) {}

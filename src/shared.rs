@@ -253,7 +253,7 @@ impl<S> Shared<S> {
 
     /// Records the end of the connection, and the failures in a row it leaves.
     pub(crate) fn disconnected(&self, consecutive_failures: u32, ending: Ending) {
-        crate::metrics::disconnected(&self.server_name);
+        crate::metrics::disconnected(&self.server_name, ending);
         let mut counters = lock(&self.counters);
         counters.disconnections += 1;
         match ending {

@@ -26,6 +26,8 @@ use crate::error::ConnectError;
 /// | `persistent_connection_failed_attempts_total` | counter | failed attempts; label `kind`: `discovery`, `connect`, `timeout`, `panic`, `health_check` |
 /// | `persistent_connection_connections_total` | counter | connections made |
 /// | `persistent_connection_disconnections_total` | counter | connections ended |
+/// | `persistent_connection_graceful_closes_total` | counter | connections ended by the server's goodbye, replaced at once (a subset of the disconnections) |
+/// | `persistent_connection_rotations_total` | counter | connections replaced at their maximum age (a subset of the disconnections) |
 /// | `persistent_connection_connected` | gauge | 1 while connected, else 0 |
 /// | `persistent_connection_next_delay_seconds` | gauge | the delay armed before the latest attempt |
 #[derive(Clone, Debug, Default)]
