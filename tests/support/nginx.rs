@@ -124,11 +124,12 @@ fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The nginx binary: `$NGINX`, else `nginx` on `PATH`, else `/usr/sbin/nginx` or
-/// `/usr/local/sbin/nginx`.
+/// The nginx binary: `$NGINX` when set (none if that is not a file), else `nginx` on `PATH`,
+/// else `/usr/sbin/nginx` or `/usr/local/sbin/nginx`.
 pub fn binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("NGINX") {
-        return Some(PathBuf::from(path));
+        let path = PathBuf::from(path);
+        return path.is_file().then_some(path);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
