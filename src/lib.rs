@@ -68,6 +68,27 @@
 //! `FailedToConnect` at `WARN`, `Connected` and `Disconnected` at `INFO`, the others at
 //! `DEBUG`.
 //!
+//! # When the server says goodbye
+//!
+//! A server's goodbye (HTTP/2 `GOAWAY`, HTTP/1 `Connection: close` or an idle close: a
+//! [`CloseReason::Graceful`]) of a connection that served is no failure: the replacement
+//! starts at once, whatever the connection's age, and the retry policy counts nothing. A
+//! goodbye before any response from a connection younger than the
+//! [flap guard](PersistentConnectionLayer::flap_guard)
+//! ([`CloseReason::GracefulBeforeServing`]: a server that accepts and closes) is a failure and
+//! waits the retry delay, so a broken server is not hammered. New requests wait in
+//! `poll_ready` for the replacement while the requests the old connection accepted finish on
+//! it; the crate's HTTP connectors send again the requests the server provably never
+//! processed (see the [`http`] module). With
+//! [`max_connection_age`](PersistentConnectionLayer::max_connection_age) the client rotates
+//! its connections itself, make before break.
+//!
+//! A replacement is reported with the same five events: `Disconnected` for the old
+//! connection, then a new cycle (`AttemptingToConnect`, `ObtainedAddress`, `Connected`) for
+//! the new one. After a goodbye the new cycle starts at once; a rotation reports all four at
+//! the moment of the switch, once the new connection is up. [`Stats::graceful_closes`] and
+//! [`Stats::rotations`] count them, and the log line of the `Disconnected` says which it was.
+//!
 //! # Readiness: why `Pending`, never a stale error
 //!
 //! `poll_ready` is `Pending` while there is no connection, `Ready(Ok)` while connected and the
