@@ -7,10 +7,7 @@ use std::{
     io,
     marker::PhantomData,
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -23,8 +20,10 @@ use tokio::sync::watch;
 use tower_service::Service;
 
 use super::{
-    ArcError, Dial, InvalidOrigin, Origin, name_origin, origin_for,
-    sniff::{GoAway, Sniff, Status},
+    ArcError, Dial, InvalidOrigin, Origin,
+    keep_alive::KeepAliveInterval,
+    name_origin, origin_for,
+    sniff::{Sniff, Status},
 };
 use crate::{
     BoxError, CloseReason, HealthCheck, OnEvent, PersistentConnection, PersistentConnectionLayer,
@@ -35,9 +34,6 @@ use crate::{
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(300);
 /// The default time to wait for a ping's answer before the connection counts as dead.
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// The keep-alive interval's bound when a server's complaints double it: gRPC servers allow
-/// a ping every 2 hours even on an idle connection.
-const MAX_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// A maker of HTTP/2 connections: `Service<A>` for any [`Dial`] address, whose response is an
 /// [`Http2Connection<B>`] (`B` is the request body type).
@@ -55,8 +51,9 @@ const MAX_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2 * 60 * 60);
 /// idle connection, and closes a connection that pings more often with `GOAWAY`
 /// (`ENHANCE_YOUR_CALM`, `too_many_pings`). The trade-off is dead-peer detection: a silently
 /// dead peer (blackholed, half-open) is noticed up to 5 minutes 20 s after the last bytes it
-/// sent while a request waits, and an idle connection's death is noticed only when a request
-/// is sent on it (that request then waits for the keep-alive too) or by TCP, after minutes.
+/// sent while a request waits (so give requests a timeout of their own), and the death of an
+/// idle connection is not noticed at all until a request is sent on it, which then waits as
+/// long.
 ///
 /// For servers that allow frequent pings (nginx, Envoy, hyper and Go servers by default, or a
 /// gRPC server with `grpc.keepalive_permit_without_calls = 1` and a low
@@ -106,65 +103,6 @@ pub struct Http2Connector<B> {
     origin: Option<Arc<Origin>>,
     keep_alive: Arc<KeepAliveInterval>,
     _body: PhantomData<fn(B)>,
-}
-
-/// The keep-alive interval for new connections, in nanoseconds (0 = off), shared by a
-/// connector's clones, and doubled when a server complains of too many pings.
-#[derive(Debug)]
-struct KeepAliveInterval(AtomicU64);
-
-impl KeepAliveInterval {
-    fn new(interval: Option<Duration>) -> Self {
-        Self(AtomicU64::new(Self::nanos(interval)))
-    }
-
-    fn nanos(interval: Option<Duration>) -> u64 {
-        interval.map_or(0, |interval| {
-            u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX)
-        })
-    }
-
-    fn get(&self) -> Option<Duration> {
-        match self.0.load(Ordering::Relaxed) {
-            0 => None,
-            nanos => Some(Duration::from_nanos(nanos)),
-        }
-    }
-
-    /// A connection made with keep-alive interval `used` got `goaway`: if the server
-    /// complained of too many pings, the interval becomes at least twice `used` (at most
-    /// [`MAX_KEEP_ALIVE_INTERVAL`]). Doubling from the connection's own interval, never from
-    /// the current one, makes the complaints of several connections made with one interval
-    /// count once.
-    fn on_goaway(&self, used: Option<Duration>, goaway: &GoAway) {
-        if !goaway.is_too_many_pings() {
-            return;
-        }
-        let Some(used) = used else {
-            tracing::warn!(
-                %goaway,
-                "server complained of too many pings; keep-alive is off, so the pings are not \
-                 ours to slow down (adaptive_window's, or set on the builder)",
-            );
-            return;
-        };
-        let doubled = used
-            .saturating_mul(2)
-            .min(MAX_KEEP_ALIVE_INTERVAL.max(used));
-        let target = Self::nanos(Some(doubled));
-        let before = self
-            .0
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |current| {
-                // 0: keep-alive was turned off meanwhile; a larger interval stays.
-                (current != 0 && current < target).then_some(target)
-            });
-        if before.is_ok() {
-            tracing::warn!(
-                %goaway,
-                "server complained of too many pings; doubling the keep-alive interval to {doubled:?}",
-            );
-        }
-    }
 }
 
 impl<B> Http2Connector<B> {
