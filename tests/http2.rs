@@ -336,7 +336,8 @@ async fn keep_alive_notices_a_silent_peer_and_its_requests_fail() {
         .http2(
             Http2Connector::new()
                 .keep_alive_interval(Some(Duration::from_millis(100)))
-                .keep_alive_timeout(Duration::from_millis(200)),
+                .keep_alive_timeout(Duration::from_millis(200))
+                .keep_alive_while_idle(true),
         );
     let handle = svc.handle();
 

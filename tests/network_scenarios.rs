@@ -627,7 +627,8 @@ async fn s07_half_open_with_keep_alive_is_noticed_without_a_request_and_fails_th
         .http2(
             Http2Connector::new()
                 .keep_alive_interval(Some(Duration::from_millis(100)))
-                .keep_alive_timeout(Duration::from_millis(200)),
+                .keep_alive_timeout(Duration::from_millis(200))
+                .keep_alive_while_idle(true),
         );
 
     // Idle: the pings alone find out.
@@ -670,7 +671,8 @@ async fn s07_half_open_with_keep_alive_is_noticed_without_a_request_and_fails_th
 /// Scenario 7 without liveness: "without liveness, calls hang until caller timeouts
 /// (document this)". With keep-alive off, nothing notices a silent peer: the request neither
 /// fails nor succeeds until the caller's own timeout fires, and the layer stays connected.
-/// This is why the HTTP/2 connector turns keep-alive on by default.
+/// This is why the HTTP/2 connector keeps keep-alive on by default (while requests are in
+/// flight; pinging idle connections too must be turned on, for servers that allow it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s07_half_open_without_keep_alive_hangs_the_call_until_the_callers_timeout() {
     const CALLER_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -724,7 +726,8 @@ async fn s08_slow_but_healthy_network_has_no_false_disconnect_and_every_request_
         .http2(
             Http2Connector::new()
                 .keep_alive_interval(Some(Duration::from_millis(200)))
-                .keep_alive_timeout(Duration::from_secs(1)),
+                .keep_alive_timeout(Duration::from_secs(1))
+                .keep_alive_while_idle(true),
         );
 
     // Latency: 30 requests, ten at a time; each takes at least a round trip.

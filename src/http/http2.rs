@@ -20,15 +20,18 @@ use tokio::sync::watch;
 use tower_service::Service;
 
 use super::{
-    ArcError, Dial, InvalidOrigin, Origin, name_origin, origin_for,
+    ArcError, Dial, InvalidOrigin, Origin,
+    keep_alive::KeepAliveInterval,
+    name_origin, origin_for,
     sniff::{Sniff, Status},
 };
 use crate::{
     BoxError, CloseReason, HealthCheck, OnEvent, PersistentConnection, PersistentConnectionLayer,
 };
 
-/// The default interval of HTTP/2 keep-alive pings.
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// The default interval of HTTP/2 keep-alive pings: what a gRPC server with default settings
+/// accepts (`grpc.http2.min_ping_interval_without_data_ms`, 5 minutes; gRFC A8).
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(300);
 /// The default time to wait for a ping's answer before the connection counts as dead.
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -39,9 +42,43 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// the connection task, and waits for the server's first frame before it reports success: a
 /// server that accepts TCP and closes at once is a failed attempt, not a connection.
 ///
-/// Keep-alive is on by default (a ping every 10 s, also while idle, answered within 20 s), so a
-/// silently dead peer (blackholed, half-open) is noticed within the keep-alive timeout, and
-/// requests on it fail instead of hanging.
+/// # Keep-alive
+///
+/// By default the connector pings at most every 5 minutes, only while requests are in flight
+/// ([`keep_alive_while_idle`](Self::keep_alive_while_idle) is `false`), and a ping unanswered
+/// within 20 s ends the connection. These are the limits a gRPC server with default settings
+/// accepts (gRFC A8): it allows one ping every 5 minutes while calls are active and none on an
+/// idle connection, and closes a connection that pings more often with `GOAWAY`
+/// (`ENHANCE_YOUR_CALM`, `too_many_pings`). The trade-off is dead-peer detection: a silently
+/// dead peer (blackholed, half-open) is noticed up to 5 minutes 20 s after the last bytes it
+/// sent while a request waits (so give requests a timeout of their own), and the death of an
+/// idle connection is not noticed at all until a request is sent on it, which then waits as
+/// long.
+///
+/// For servers that allow frequent pings (nginx, Envoy, hyper and Go servers by default, or a
+/// gRPC server with `grpc.keepalive_permit_without_calls = 1` and a low
+/// `grpc.http2.min_ping_interval_without_data_ms`), turn on aggressive keep-alive: a dead peer
+/// is then noticed within interval + timeout, idle or not, at the cost of a ping frame each
+/// interval:
+///
+/// ```
+/// # use std::time::Duration;
+/// # use persistent_connection::http::Http2Connector;
+/// # use http_body_util::Empty;
+/// # use bytes::Bytes;
+/// let aggressive = Http2Connector::<Empty<Bytes>>::new()
+///     .keep_alive_interval(Some(Duration::from_secs(10)))
+///     .keep_alive_timeout(Duration::from_secs(5))
+///     .keep_alive_while_idle(true); // dead peer noticed within ~15 s, idle or not
+/// # drop(aggressive);
+/// ```
+///
+/// If a server still answers with `GOAWAY` `too_many_pings`, the connector logs a warning and
+/// doubles the keep-alive interval for its new connections (up to 2 hours; the clones of a
+/// connector share it), and the connection's close signal reports a graceful close, so the
+/// layer replaces it at once without counting a failure.
+/// [`current_keep_alive_interval`](Self::current_keep_alive_interval) tells the interval in
+/// use.
 ///
 /// ```
 /// use std::net::SocketAddr;
@@ -64,21 +101,25 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Http2Connector<B> {
     builder: http2::Builder<TokioExecutor>,
     origin: Option<Arc<Origin>>,
+    keep_alive: Arc<KeepAliveInterval>,
     _body: PhantomData<fn(B)>,
 }
 
 impl<B> Http2Connector<B> {
-    /// A connector with hyper's HTTP/2 defaults, and keep-alive on.
+    /// A connector with hyper's HTTP/2 defaults, and keep-alive within what gRPC servers
+    /// accept: a ping at most every 5 minutes while requests are in flight, none while idle,
+    /// answered within 20 s (see [Keep-alive](Self#keep-alive)).
     pub fn new() -> Self {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(false);
         Self {
             builder,
             origin: None,
+            keep_alive: Arc::new(KeepAliveInterval::new(Some(KEEP_ALIVE_INTERVAL))),
             _body: PhantomData,
         }
     }
@@ -110,11 +151,26 @@ impl<B> Http2Connector<B> {
         Ok(self)
     }
 
-    /// The interval of keep-alive pings; `None` turns keep-alive off (then a silently dead
-    /// peer is only noticed by TCP, after minutes). Default is 10 seconds.
+    /// The interval of keep-alive pings (a ping is sent when nothing has been received for
+    /// this long); `None` (or zero) turns keep-alive off (then a silently dead peer is only
+    /// noticed by TCP, after minutes). Default is 5 minutes, the shortest a gRPC server
+    /// accepts by default; see [Keep-alive](Self#keep-alive).
+    ///
+    /// This sets the interval of a new, unshared cell: clones made before this call keep
+    /// theirs; clones made after share this one, and with it the doubling when a server
+    /// complains of too many pings.
     pub fn keep_alive_interval(mut self, interval: Option<Duration>) -> Self {
-        self.builder.keep_alive_interval(interval);
+        self.keep_alive = Arc::new(KeepAliveInterval::new(interval));
         self
+    }
+
+    /// The keep-alive interval new connections get: the configured
+    /// [`keep_alive_interval`](Self::keep_alive_interval), doubled for each time a server
+    /// complained of too many pings (`GOAWAY` with `ENHANCE_YOUR_CALM` and `too_many_pings`)
+    /// on a connection made with the interval of the time, up to 2 hours (or the configured
+    /// interval, if larger). `None` when keep-alive is off. Shared by the connector's clones.
+    pub fn current_keep_alive_interval(&self) -> Option<Duration> {
+        self.keep_alive.get()
     }
 
     /// How long to wait for a ping's answer before the connection counts as dead. Default is
@@ -124,8 +180,11 @@ impl<B> Http2Connector<B> {
         self
     }
 
-    /// Whether to ping while no request is in flight. Default is `true`: an idle connection
-    /// is checked too, so it is replaced before a request needs it.
+    /// Whether to ping while no request is in flight. Default is `false`: gRPC servers do not
+    /// allow pings on a connection without calls by default (they answer with `GOAWAY`
+    /// `too_many_pings`), so a dead idle connection is noticed only when a request is sent on
+    /// it. Turn it on for servers that allow it, so an idle connection is checked too and
+    /// replaced before a request needs it; see [Keep-alive](Self#keep-alive).
     pub fn keep_alive_while_idle(mut self, enabled: bool) -> Self {
         self.builder.keep_alive_while_idle(enabled);
         self
@@ -165,7 +224,9 @@ impl<B> Http2Connector<B> {
         self
     }
 
-    /// The underlying hyper builder, for the settings not exposed here.
+    /// The underlying hyper builder, for the settings not exposed here. Its keep-alive
+    /// interval is overwritten on each connect by the connector's
+    /// ([`keep_alive_interval`](Self::keep_alive_interval)).
     pub fn builder_mut(&mut self) -> &mut http2::Builder<TokioExecutor> {
         &mut self.builder
     }
@@ -182,6 +243,7 @@ impl<B> Clone for Http2Connector<B> {
         Self {
             builder: self.builder.clone(),
             origin: self.origin.clone(),
+            keep_alive: self.keep_alive.clone(),
             _body: PhantomData,
         }
     }
@@ -191,6 +253,7 @@ impl<B> fmt::Debug for Http2Connector<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Http2Connector")
             .field("origin", &self.origin)
+            .field("keep_alive_interval", &self.keep_alive.get())
             .finish_non_exhaustive()
     }
 }
@@ -211,7 +274,10 @@ where
     }
 
     fn call(&mut self, address: A) -> Self::Future {
-        let builder = self.builder.clone();
+        let mut builder = self.builder.clone();
+        let keep_alive = self.keep_alive.clone();
+        let interval = keep_alive.get();
+        builder.keep_alive_interval(interval);
         let origin = origin_for(&self.origin, &address);
         Box::pin(async move {
             let stream = address.dial().await.map_err(|error| match error.kind() {
@@ -222,7 +288,9 @@ where
                 _ => BoxError::from(error),
             })?;
             let status = Arc::new(watch::Sender::new(Status::default()));
-            let io = TokioIo::new(Sniff::new(stream, status.clone()));
+            let io = TokioIo::new(Sniff::new(stream, status.clone()).on_goaway(Arc::new(
+                move |goaway| keep_alive.on_goaway(interval, goaway),
+            )));
             let (send, connection) = builder
                 .handshake::<_, B>(io)
                 .await
@@ -298,7 +366,10 @@ pub struct Http2Connection<B> {
 impl<B> Http2Connection<B> {
     /// Resolves when the connection has ended or the server has sent `GOAWAY`: the close
     /// signal for [`PersistentConnectionLayer::close_signal`]. `GOAWAY` and a clean end are
-    /// graceful; a reset, an I/O error or a keep-alive timeout is an error.
+    /// graceful; a reset, an I/O error or a keep-alive timeout is an error. A gRPC server's
+    /// complaint of too many pings (`GOAWAY` `ENHANCE_YOUR_CALM`, `too_many_pings`) is
+    /// [`CloseReason::Graceful`] whether or not the connection served: the connector has
+    /// doubled its keep-alive interval by then, and the replacement is made at once.
     pub fn closed(&self) -> impl Future<Output = CloseReason> + Send + use<B> {
         let mut status = self.status.clone();
         async move {
@@ -307,6 +378,11 @@ impl<B> Http2Connection<B> {
                 .await
                 .map(|status| status.clone());
             match status {
+                // Our pings were too frequent, not the server broken: replace at once.
+                Ok(Status {
+                    goaway_frame: Some(goaway),
+                    ..
+                }) if goaway.is_too_many_pings() => CloseReason::Graceful,
                 Ok(Status {
                     ended: Some(Err(error)),
                     goaway: false,

@@ -25,6 +25,7 @@
 mod dial;
 mod http1;
 mod http2;
+mod keep_alive;
 mod sniff;
 
 use std::{fmt, sync::Arc};

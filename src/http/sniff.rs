@@ -1,14 +1,18 @@
 //! A read-side observer of an HTTP/2 connection's frames: tells when the server's first
-//! frame (its preface, a SETTINGS frame) has arrived, and when it has sent `GOAWAY`.
+//! frame (its preface, a SETTINGS frame) has arrived, and when it has sent `GOAWAY` (with the
+//! frame's payload: last stream, error code, the start of its debug data).
 //!
 //! hyper's HTTP/2 handshake returns before the server has said anything, and hyper does not
 //! report a `GOAWAY`. Both matter here: a server that accepts TCP and closes at once must not
 //! count as connected, and after a `GOAWAY` new requests belong on a new connection while the
-//! streams in flight finish on the old one. Reading the 9-byte frame headers as the bytes go
-//! by costs a few comparisons per frame and changes nothing in the stream.
+//! streams in flight finish on the old one. Why the server said goodbye matters too: a gRPC
+//! server that finds our keep-alive pings too frequent says so in the `GOAWAY` (error
+//! `ENHANCE_YOUR_CALM`, debug data `too_many_pings`). Reading the 9-byte frame headers, and
+//! the first bytes of a `GOAWAY`'s payload, as the bytes go by costs a few comparisons per
+//! frame and changes nothing in the stream.
 
 use std::{
-    io,
+    fmt, io,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -29,10 +33,54 @@ pub(crate) struct Status {
     pub(crate) goaway: bool,
     /// The connection task has ended: `Ok` for a clean end, else its error.
     pub(crate) ended: Option<Result<(), Arc<hyper::Error>>>,
+    /// The payload of the latest `GOAWAY`; `None` before one, or if it was too short to
+    /// hold a last stream id and an error code (then `goaway` is still set).
+    pub(crate) goaway_frame: Option<GoAway>,
 }
+
+/// The payload of a `GOAWAY` frame (RFC 9113, 6.8).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct GoAway {
+    /// The highest stream id the server may have processed.
+    pub(crate) last_stream_id: u32,
+    /// The error code: 0 is `NO_ERROR` (an orderly goodbye).
+    pub(crate) error_code: u32,
+    /// The start of the debug data (at most [`GOAWAY_DEBUG_DATA`] bytes).
+    pub(crate) debug_data: Vec<u8>,
+}
+
+impl GoAway {
+    /// The error code a server sends to a peer it finds abusive, e.g. pinging too often.
+    pub(crate) const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+    /// Whether this is a gRPC server's complaint about keep-alive pings (gRFC A8):
+    /// `ENHANCE_YOUR_CALM` with the debug data `too_many_pings`.
+    pub(crate) fn is_too_many_pings(&self) -> bool {
+        self.error_code == Self::ENHANCE_YOUR_CALM && self.debug_data == b"too_many_pings"
+    }
+}
+
+impl fmt::Display for GoAway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "GOAWAY error code {:#x}, last stream {}, debug data {:?}",
+            self.error_code,
+            self.last_stream_id,
+            String::from_utf8_lossy(&self.debug_data),
+        )
+    }
+}
+
+/// Called with each `GOAWAY` before it is published in [`Status`].
+pub(crate) type OnGoAway = Arc<dyn Fn(&GoAway) + Send + Sync>;
 
 const FRAME_HEADER: usize = 9;
 const GOAWAY: u8 = 0x7;
+/// Last stream id and error code.
+const GOAWAY_FIXED: usize = 8;
+/// How much of a `GOAWAY`'s debug data is kept.
+pub(crate) const GOAWAY_DEBUG_DATA: usize = 64;
 
 pin_project! {
     /// `io` with its inbound HTTP/2 frame headers observed.
@@ -40,10 +88,8 @@ pin_project! {
         #[pin]
         io: T,
         status: Arc<watch::Sender<Status>>,
-        header: [u8; FRAME_HEADER],
-        filled: usize,
-        // Payload bytes of the current frame still to skip.
-        payload: usize,
+        frames: Frames,
+        on_goaway: Option<OnGoAway>,
     }
 }
 
@@ -52,45 +98,115 @@ impl<T> Sniff<T> {
         Self {
             io,
             status,
-            header: [0; FRAME_HEADER],
-            filled: 0,
-            payload: 0,
+            frames: Frames::default(),
+            on_goaway: None,
+        }
+    }
+
+    /// Calls `hook` with each `GOAWAY`, before it is published in the status (so whoever
+    /// reacts to the status sees the hook's effects).
+    pub(crate) fn on_goaway(mut self, hook: OnGoAway) -> Self {
+        self.on_goaway = Some(hook);
+        self
+    }
+}
+
+/// The frame parser's state, carried across reads.
+#[derive(Debug, Default)]
+struct Frames {
+    header: [u8; FRAME_HEADER],
+    filled: usize,
+    /// Payload bytes of the current frame still to go by.
+    payload: usize,
+    /// The kept bytes of the current `GOAWAY`'s payload, while it is being read.
+    goaway: Option<Vec<u8>>,
+}
+
+impl Frames {
+    /// Walks `bytes` through the frame parser.
+    fn observe(
+        &mut self,
+        mut bytes: &[u8],
+        status: &watch::Sender<Status>,
+        on_goaway: Option<&OnGoAway>,
+    ) {
+        while !bytes.is_empty() {
+            if self.payload > 0 {
+                let take = self.payload.min(bytes.len());
+                if let Some(kept) = &mut self.goaway {
+                    let keep = (GOAWAY_FIXED + GOAWAY_DEBUG_DATA - kept.len()).min(take);
+                    kept.extend_from_slice(&bytes[..keep]);
+                }
+                self.payload -= take;
+                bytes = &bytes[take..];
+                if self.payload == 0 {
+                    if let Some(kept) = self.goaway.take() {
+                        publish_goaway(status, parse_goaway(&kept), on_goaway);
+                    }
+                }
+                continue;
+            }
+            let take = (FRAME_HEADER - self.filled).min(bytes.len());
+            self.header[self.filled..self.filled + take].copy_from_slice(&bytes[..take]);
+            self.filled += take;
+            bytes = &bytes[take..];
+            if self.filled == FRAME_HEADER {
+                self.filled = 0;
+                let header = &self.header;
+                self.payload = usize::from(header[0]) << 16
+                    | usize::from(header[1]) << 8
+                    | usize::from(header[2]);
+                status.send_if_modified(|status| {
+                    let changed = !status.preface;
+                    status.preface = true;
+                    changed
+                });
+                if header[3] == GOAWAY {
+                    if self.payload < GOAWAY_FIXED {
+                        // Malformed (hyper ends the connection for it): a goodbye without
+                        // details. Its few bytes, if any, are skipped.
+                        publish_goaway(status, None, on_goaway);
+                    } else {
+                        self.goaway = Some(Vec::with_capacity(
+                            self.payload.min(GOAWAY_FIXED + GOAWAY_DEBUG_DATA),
+                        ));
+                    }
+                }
+            }
         }
     }
 }
 
-/// Walks `bytes` through the frame parser state.
-fn observe(
-    mut bytes: &[u8],
-    header: &mut [u8; FRAME_HEADER],
-    filled: &mut usize,
-    payload: &mut usize,
+/// The `GOAWAY` in `kept` (the start of its payload), if it holds the fixed fields.
+fn parse_goaway(kept: &[u8]) -> Option<GoAway> {
+    let fixed: &[u8; GOAWAY_FIXED] = kept.get(..GOAWAY_FIXED)?.try_into().ok()?;
+    let [s0, s1, s2, s3, e0, e1, e2, e3] = *fixed;
+    Some(GoAway {
+        // The top bit is reserved.
+        last_stream_id: u32::from_be_bytes([s0, s1, s2, s3]) & 0x7fff_ffff,
+        error_code: u32::from_be_bytes([e0, e1, e2, e3]),
+        debug_data: kept[GOAWAY_FIXED..].to_vec(),
+    })
+}
+
+/// Calls the hook, then publishes the `GOAWAY` (the latest one's payload replaces an earlier
+/// one's).
+fn publish_goaway(
     status: &watch::Sender<Status>,
+    frame: Option<GoAway>,
+    on_goaway: Option<&OnGoAway>,
 ) {
-    while !bytes.is_empty() {
-        if *payload > 0 {
-            let skip = (*payload).min(bytes.len());
-            *payload -= skip;
-            bytes = &bytes[skip..];
-            continue;
-        }
-        let take = (FRAME_HEADER - *filled).min(bytes.len());
-        header[*filled..*filled + take].copy_from_slice(&bytes[..take]);
-        *filled += take;
-        bytes = &bytes[take..];
-        if *filled == FRAME_HEADER {
-            *filled = 0;
-            *payload =
-                usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
-            let goaway = header[3] == GOAWAY;
-            status.send_if_modified(|status| {
-                let changed = !status.preface || (goaway && !status.goaway);
-                status.preface = true;
-                status.goaway |= goaway;
-                changed
-            });
-        }
+    if let (Some(hook), Some(frame)) = (on_goaway, &frame) {
+        hook(frame);
     }
+    status.send_if_modified(|status| {
+        let changed = !status.goaway || frame.is_some();
+        status.goaway = true;
+        if frame.is_some() {
+            status.goaway_frame = frame;
+        }
+        changed
+    });
 }
 
 impl<T: AsyncRead> AsyncRead for Sniff<T> {
@@ -103,12 +219,10 @@ impl<T: AsyncRead> AsyncRead for Sniff<T> {
         let before = buf.filled().len();
         let result = this.io.poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = result {
-            observe(
+            this.frames.observe(
                 &buf.filled()[before..],
-                this.header,
-                this.filled,
-                this.payload,
                 this.status,
+                this.on_goaway.as_ref(),
             );
         }
         result
@@ -167,12 +281,23 @@ mod tests {
     }
 
     fn run(chunks: &[&[u8]]) -> Status {
+        run_with(chunks, None)
+    }
+
+    fn run_with(chunks: &[&[u8]], hook: Option<&OnGoAway>) -> Status {
         let status = watch::Sender::new(Status::default());
-        let (mut header, mut filled, mut payload) = ([0; FRAME_HEADER], 0, 0);
+        let mut frames = Frames::default();
         for chunk in chunks {
-            observe(chunk, &mut header, &mut filled, &mut payload, &status);
+            frames.observe(chunk, &status, hook);
         }
         status.borrow().clone()
+    }
+
+    fn goaway_payload(last_stream_id: u32, error_code: u32, debug_data: &[u8]) -> Vec<u8> {
+        let mut payload = last_stream_id.to_be_bytes().to_vec();
+        payload.extend_from_slice(&error_code.to_be_bytes());
+        payload.extend_from_slice(debug_data);
+        payload
     }
 
     /// The first complete frame header is the preface; a GOAWAY frame is seen even when its
@@ -199,5 +324,127 @@ mod tests {
         // A GOAWAY byte inside a payload is not a GOAWAY frame.
         let status = run(&[&frame(0x0, &[GOAWAY; 20])]);
         assert!(!status.goaway);
+    }
+
+    /// The GOAWAY payload is parsed wherever the reads split it: last stream id (reserved bit
+    /// masked), error code, debug data; the hook runs before the status shows the GOAWAY.
+    #[test]
+    fn parses_the_goaway_payload_across_split_reads() {
+        let settings = frame(0x4, &[0; 6]);
+        let goaway = frame(
+            GOAWAY,
+            &goaway_payload(0x8000_0003, GoAway::ENHANCE_YOUR_CALM, b"too_many_pings"),
+        );
+        let ping = frame(0x6, &[1; 8]);
+        let stream: Vec<u8> = [settings.clone(), goaway, ping].concat();
+        let expected = GoAway {
+            last_stream_id: 3,
+            error_code: 0xb,
+            debug_data: b"too_many_pings".to_vec(),
+        };
+        for split in 1..stream.len() {
+            let (a, b) = stream.split_at(split);
+            let status = run(&[a, b]);
+            assert!(status.goaway, "split at {split}");
+            assert_eq!(
+                status.goaway_frame.as_ref(),
+                Some(&expected),
+                "split at {split}"
+            );
+        }
+        // One byte per read.
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(run(&bytes).goaway_frame, Some(expected.clone()));
+        assert!(expected.is_too_many_pings());
+
+        // Before the payload is complete, the GOAWAY is not published, so the hook's effects
+        // come first.
+        let head = &stream[..settings.len() + FRAME_HEADER + 5];
+        let status = run(&[head]);
+        assert!(!status.goaway && status.goaway_frame.is_none());
+
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let hook: OnGoAway = Arc::new(move |frame: &GoAway| {
+            record.lock().unwrap().push(frame.clone());
+        });
+        let status = run_with(&[&stream], Some(&hook));
+        assert_eq!(status.goaway_frame, Some(expected.clone()));
+        assert_eq!(*seen.lock().unwrap(), vec![expected]);
+    }
+
+    /// Debug data beyond the first 64 bytes is dropped (and the frames after it still parse);
+    /// the latest GOAWAY's payload replaces an earlier one's.
+    #[test]
+    fn keeps_the_first_64_bytes_of_debug_data_and_the_latest_goaway() {
+        let long: Vec<u8> = (0..200u8).collect();
+        let first = frame(GOAWAY, &goaway_payload(u32::MAX >> 1, 0, &long));
+        let second = frame(GOAWAY, &goaway_payload(5, 0, b""));
+        let status = run(&[&first]);
+        let kept = status.goaway_frame.expect("a GOAWAY");
+        assert_eq!(kept.debug_data, &long[..GOAWAY_DEBUG_DATA]);
+        assert_eq!(kept.last_stream_id, u32::MAX >> 1);
+        assert!(!kept.is_too_many_pings());
+
+        let stream: Vec<u8> = [first, second].concat();
+        for split in [3, 17, 80, 217, 220, stream.len() - 1] {
+            let (a, b) = stream.split_at(split);
+            let status = run(&[a, b]);
+            assert_eq!(
+                status.goaway_frame,
+                Some(GoAway {
+                    last_stream_id: 5,
+                    error_code: 0,
+                    debug_data: Vec::new(),
+                }),
+                "split at {split}"
+            );
+        }
+    }
+
+    /// A GOAWAY too short for its fixed fields is still a goodbye, without details, and does
+    /// not call the hook; a connection cut inside a GOAWAY's payload publishes nothing; no
+    /// input panics.
+    #[test]
+    fn a_short_or_truncated_goaway_never_panics() {
+        let called = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = called.clone();
+        let hook: OnGoAway = Arc::new(move |_: &GoAway| {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        for len in 0..GOAWAY_FIXED {
+            let short = frame(GOAWAY, &vec![0xff; len]);
+            let after = frame(0x4, &[0; 6]);
+            let stream: Vec<u8> = [short, after].concat();
+            for split in 1..stream.len() {
+                let (a, b) = stream.split_at(split);
+                let status = run_with(&[a, b], Some(&hook));
+                assert!(status.goaway, "length {len}, split at {split}");
+                assert!(status.goaway_frame.is_none(), "length {len}");
+            }
+        }
+        assert_eq!(called.load(std::sync::atomic::Ordering::Relaxed), 0);
+
+        let truncated = frame(GOAWAY, &goaway_payload(1, 0xb, b"too_many_pings"));
+        let status = run(&[&truncated[..FRAME_HEADER + 9]]);
+        assert!(!status.goaway && status.goaway_frame.is_none());
+
+        // Arbitrary bytes: never a panic.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..200 {
+            let mut noise = Vec::with_capacity(300);
+            for _ in 0..300 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                noise.push(if seed % 5 == 0 {
+                    GOAWAY
+                } else {
+                    (seed >> 32) as u8
+                });
+            }
+            let chunks: Vec<&[u8]> = noise.chunks(1 + (seed % 37) as usize).collect();
+            let _ = run_with(&chunks, Some(&hook));
+        }
     }
 }
