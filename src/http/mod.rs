@@ -25,6 +25,8 @@
 mod dial;
 mod http1;
 mod http2;
+mod replay;
+mod resend;
 mod sniff;
 
 use std::{fmt, sync::Arc};
@@ -38,6 +40,7 @@ pub use self::{
     dial::Dial,
     http1::{Http1Connection, Http1Connector},
     http2::{Http2Connection, Http2Connector},
+    resend::{Idempotent, NotProcessed},
 };
 
 /// The scheme and authority given to requests whose URI has none.
