@@ -135,6 +135,17 @@ impl<B> ReplayBody<B> {
     }
 }
 
+impl<B> ReplayBody<B> {
+    /// No replay will be asked for any more: the frames recorded so far are dropped as soon
+    /// as the source is read again (then the copy reading has read them all), and no new ones
+    /// are kept.
+    pub(crate) fn stop_recording(&self) {
+        if let Some(shared) = &self.shared {
+            lock(shared).limit = 0;
+        }
+    }
+}
+
 impl<B> Body for ReplayBody<B>
 where
     B: Body,
@@ -430,5 +441,19 @@ mod tests {
         let mut again = unread.replay().unwrap();
         assert_eq!(read_all(&mut again).await, [d("abc")]);
         assert!(unread.replay().is_err(), "read once, over a zero limit");
+    }
+
+    /// Once recording stops, the body still streams whole (also the frames recorded before),
+    /// and the recording is dropped at the next read of the source.
+    #[tokio::test]
+    async fn stopping_the_recording_keeps_the_body_whole() {
+        let mut first = ReplayBody::new(Script::new([data("ab"), data("cd"), data("ef")]), 1024);
+        let keep = first.handle();
+        assert_eq!(next(&mut first).await, Some(Ok(d("ab"))));
+        let mut second = keep.replay().unwrap();
+        keep.stop_recording();
+        assert_eq!(read_all(&mut second).await, [d("ab"), d("cd"), d("ef")]);
+        let recording = lock(keep.shared.as_ref().unwrap());
+        assert!(recording.overflowed && recording.frames.is_empty());
     }
 }

@@ -308,10 +308,18 @@ impl<B: http_body::Body> Kept<B> {
     }
 }
 
+impl<B> Drop for Kept<B> {
+    /// The call is over: nothing will be sent again, so the body need not be kept.
+    fn drop(&mut self) {
+        self.body.stop_recording();
+    }
+}
+
 // === sending again ===
 
 /// After `failure` on connection `number`: sends the request again on the connector's next
-/// connections while each failure proves the server did not process it, at most
+/// connection (for `REFUSED_STREAM`, its newest one that takes requests, which may be the
+/// same) while each failure proves the server did not process it, at most
 /// `config.max_replays` times; else fails with `NotProcessed` (or with the error, when the
 /// server may have processed the request).
 pub(crate) async fn recover<C>(
@@ -353,7 +361,13 @@ where
             (None, Some(handed_back)) => handed_back.map(|_| body),
             (None, None) => return not_processed(Why::NotKept, failure.error),
         };
-        let Some(next) = next_connection(&mut latest, number).await else {
+        // A stream refused on a connection that still takes requests may go to the same
+        // connection again; anything else waits for a newer one.
+        let after = match refusal {
+            Refusal::RefusedStream => number.saturating_sub(1),
+            _ => number,
+        };
+        let Some(next) = next_connection(&mut latest, after).await else {
             return not_processed(Why::ConnectorGone, failure.error);
         };
         replays += 1;
