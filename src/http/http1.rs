@@ -236,7 +236,7 @@ struct Shared<B> {
     /// This connection's number among its connector's connections.
     number: u64,
     /// The connector's newest connection, for requests this one refuses.
-    latest: watch::Receiver<Latest<Shared<B>>>,
+    latest: watch::Receiver<Latest<Self>>,
     replay: Arc<ReplayConfig>,
     /// Bytes read from the server so far.
     read: Arc<AtomicU64>,
@@ -429,25 +429,23 @@ where
         self.status.borrow().ended.is_some()
     }
 
-    fn send(
+    async fn send(
         self: Arc<Self>,
         request: Request<ReplayBody<B>>,
-    ) -> impl Future<Output = Result<Response<Incoming>, Failure<B>>> + Send {
-        async move {
-            let mut connection = Http1Connection::from_shared(self.clone());
-            if let Err(error) =
-                poll_fn(|cx| Service::<Request<B>>::poll_ready(&mut connection, cx)).await
-            {
-                return Err(Failure::handed_back(error, request));
-            }
-            let Some(permit) = connection.permit.take() else {
-                return Err(Failure::handed_back(
-                    "the connection gave no turn".into(),
-                    request,
-                ));
-            };
-            send_with(&self, permit, request).await
+    ) -> Result<Response<Incoming>, Failure<B>> {
+        let mut connection = Http1Connection::from_shared(self.clone());
+        if let Err(error) =
+            poll_fn(|cx| Service::<Request<B>>::poll_ready(&mut connection, cx)).await
+        {
+            return Err(Failure::handed_back(error, request));
         }
+        let Some(permit) = connection.permit.take() else {
+            return Err(Failure::handed_back(
+                "the connection gave no turn".into(),
+                request,
+            ));
+        };
+        send_with(&self, permit, request).await
     }
 }
 

@@ -351,7 +351,7 @@ struct Shared<B> {
     /// This connection's number among its connector's connections.
     number: u64,
     /// The connector's newest connection, for requests this one refuses.
-    latest: watch::Receiver<Latest<Shared<B>>>,
+    latest: watch::Receiver<Latest<Self>>,
     replay: Arc<ReplayConfig>,
 }
 
