@@ -285,8 +285,9 @@ impl<B> Http1Connection<B> {
             let seen = status
                 .wait_for(|status| status.ended.is_some())
                 .await
-                .map(|status| status.clone())
-                .unwrap_or_default();
+                .map(|status| status.clone());
+            // If the connection task is gone, judge by what was seen.
+            let seen = seen.unwrap_or_else(|_| status.borrow().clone());
             match seen {
                 Status {
                     ended: Some(Err(error)),

@@ -10,7 +10,6 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::{
-    collections::HashSet,
     convert::Infallible,
     io,
     net::SocketAddr,
@@ -690,9 +689,4 @@ pub fn find<'a, T: std::error::Error + 'static>(
         source = error.source();
     }
     None
-}
-
-/// Keeps `HashSet` in scope for the tests that count distinct ids.
-pub fn distinct(ids: impl IntoIterator<Item = String>) -> HashSet<String> {
-    ids.into_iter().collect()
 }
