@@ -4,9 +4,13 @@
 use std::{
     fmt,
     future::{Future, poll_fn},
+    io,
     marker::PhantomData,
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError, Weak},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll, ready},
 };
 
@@ -14,11 +18,23 @@ use http::{HeaderValue, Request, Response, header::HOST};
 use http_body::Body;
 use hyper::{body::Incoming, client::conn::http1};
 use hyper_util::rt::TokioIo;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use pin_project_lite::pin_project;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
+};
 use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
 
-use super::{ArcError, Dial, InvalidOrigin, Origin, name_origin, origin_for, sniff::Status};
+use super::{
+    ArcError, Dial, InvalidOrigin, Origin, name_origin, origin_for,
+    replay::ReplayBody,
+    resend::{
+        self, Failure, Kept, Latest, Newest, Refusal, ReplayConfig, Resend, h1_closed,
+        is_idempotent, recover,
+    },
+    sniff::Status,
+};
 use crate::{
     BoxError, CloseReason, HealthCheck, OnEvent, PersistentConnection, PersistentConnectionLayer,
 };
@@ -31,20 +47,20 @@ use crate::{
 ///
 /// HTTP/1 carries one request at a time per connection; see [`Http1Connection`] for how clones
 /// share it. Prefer HTTP/2 where the server speaks it: it multiplexes.
+///
+/// A request the server provably never processed is sent again on this connector's next
+/// connection, up to [`max_replays`](Self::max_replays) times: one hyper handed back unwritten
+/// (the connection closed first), and an idempotent one (`GET`, `HEAD`, `OPTIONS`, `PUT`,
+/// `DELETE`, `TRACE`, or marked [`Idempotent`](super::Idempotent)) whose reused connection
+/// closed before any byte of its response arrived (RFC 9112, section 9.3.1). Nothing else is
+/// sent again. See the [module documentation](super).
 pub struct Http1Connector<B> {
     builder: http1::Builder,
     origin: Option<Arc<Origin>>,
-    /// The latest connection made, for a request that one of the connections before it hands
-    /// back unsent.
-    latest: Arc<watch::Sender<Latest<B>>>,
+    /// This connector's newest connection, where refused requests are sent again.
+    latest: Newest<Shared<B>>,
+    replay: ReplayConfig,
     _body: PhantomData<fn(B)>,
-}
-
-/// The latest connection a connector made, and its number. Weak: the connector must not keep
-/// a connection alive, and a connection (which holds a receiver) must not keep itself alive.
-struct Latest<B> {
-    number: u64,
-    shared: Weak<Shared<B>>,
 }
 
 impl<B> Http1Connector<B> {
@@ -53,10 +69,8 @@ impl<B> Http1Connector<B> {
         Self {
             builder: http1::Builder::new(),
             origin: None,
-            latest: Arc::new(watch::Sender::new(Latest {
-                number: 0,
-                shared: Weak::new(),
-            })),
+            latest: resend::newest(),
+            replay: ReplayConfig::new(),
             _body: PhantomData,
         }
     }
@@ -87,6 +101,24 @@ impl<B> Http1Connector<B> {
         Ok(self)
     }
 
+    /// How many times a request the server provably never processed is sent again, each time
+    /// on this connector's next connection, before it fails with
+    /// [`NotProcessed`](super::NotProcessed). `0` turns resends off. Default is 3.
+    ///
+    /// A request the server may have processed is never sent again.
+    pub fn max_replays(mut self, max: usize) -> Self {
+        self.replay.max_replays = max;
+        self
+    }
+
+    /// The most bytes of an idempotent request's body kept for a resend. A request whose
+    /// body was larger fails with [`NotProcessed`](super::NotProcessed) when its connection
+    /// closes before the response. Empty bodies cost nothing. Default is 64 KiB.
+    pub fn max_replay_body(mut self, bytes: usize) -> Self {
+        self.replay.max_body = bytes;
+        self
+    }
+
     /// The underlying hyper builder, for its settings.
     pub fn builder_mut(&mut self) -> &mut http1::Builder {
         &mut self.builder
@@ -100,11 +132,15 @@ impl<B> Default for Http1Connector<B> {
 }
 
 impl<B> Clone for Http1Connector<B> {
+    /// A connector with the same settings and request counters. Its connections are its own:
+    /// a request refused on one of them is sent again on the clone's next connection, never
+    /// on another clone's (which may serve another server).
     fn clone(&self) -> Self {
         Self {
             builder: self.builder.clone(),
             origin: self.origin.clone(),
-            latest: self.latest.clone(),
+            latest: resend::newest(),
+            replay: self.replay.clone(),
             _body: PhantomData,
         }
     }
@@ -137,11 +173,18 @@ where
         let builder = self.builder.clone();
         let origin = origin_for(&self.origin, &address);
         let latest = self.latest.clone();
+        let replay = Arc::new(self.replay.clone());
         Box::pin(async move {
             let stream = address.dial().await?;
-            let (send, connection) = builder.handshake::<_, B>(TokioIo::new(stream)).await?;
-            let status = watch::Sender::new(Status::default());
-            let observed = status.subscribe();
+            let read = Arc::new(AtomicU64::new(0));
+            let io = TokioIo::new(Counted {
+                io: stream,
+                read: read.clone(),
+            });
+            let (send, connection) = builder.handshake::<_, ReplayBody<B>>(io).await?;
+            let status = Arc::new(watch::Sender::new(Status::default()));
+            let ended = status.clone();
+            let answered = read.clone();
             let permits = Arc::new(Semaphore::new(1));
             let idle = permits.clone();
             tokio::spawn(async move {
@@ -156,22 +199,27 @@ where
                     }
                     result => result,
                 };
-                status.send_modify(|status| status.ended = Some(result.map_err(Arc::new)));
+                ended.send_modify(|status| {
+                    // Whatever the server sent was an answer: a response (head) arrived.
+                    status.served |= answered.load(Ordering::Acquire) > 0;
+                    status.ended = Some(result.map_err(Arc::new));
+                });
             });
             let host = HeaderValue::from_str(origin.authority.as_str())?;
-            let number = latest.borrow().number + 1;
-            let shared = Arc::new(Shared {
-                send: Mutex::new(send),
-                permits,
-                host,
-                status: observed,
-                number,
-                latest: latest.subscribe(),
-            });
-            latest.send_replace(Latest {
-                number,
-                shared: Arc::downgrade(&shared),
-            });
+            let newest = latest.subscribe();
+            let shared = resend::publish(&latest, |number| {
+                Arc::new(Shared {
+                    send: Mutex::new(send),
+                    permits,
+                    host,
+                    status,
+                    number,
+                    latest: newest,
+                    replay,
+                    read,
+                    responses: AtomicU64::new(0),
+                })
+            })?;
             Ok(Http1Connection::from_shared(shared))
         })
     }
@@ -180,15 +228,20 @@ where
 /// What the clones of one HTTP/1 connection share.
 struct Shared<B> {
     /// Used only by the holder of the permit.
-    send: Mutex<http1::SendRequest<B>>,
+    send: Mutex<http1::SendRequest<ReplayBody<B>>>,
     /// One permit: one request at a time, and a fair queue of clones waiting for it.
     permits: Arc<Semaphore>,
     host: HeaderValue,
-    status: watch::Receiver<Status>,
+    status: Arc<watch::Sender<Status>>,
     /// This connection's number among its connector's connections.
     number: u64,
-    /// The connector's latest connection, for a request this one hands back unsent.
-    latest: watch::Receiver<Latest<B>>,
+    /// The connector's newest connection, for requests this one refuses.
+    latest: watch::Receiver<Latest<Self>>,
+    replay: Arc<ReplayConfig>,
+    /// Bytes read from the server so far.
+    read: Arc<AtomicU64>,
+    /// Responses (heads) received so far.
+    responses: AtomicU64,
 }
 
 /// An HTTP/1 connection: a cloneable `Service<http::Request<B>>` over one hyper connection.
@@ -203,8 +256,9 @@ struct Shared<B> {
 ///
 /// Requests without a `Host` header get one (hyper's low-level client adds none): the
 /// connector's origin. A request that was never written because the connection closed under
-/// it (the race with a server's idle close: hyper hands the request back) is sent once more,
-/// on the connector's next connection.
+/// it (the race with a server's idle close: hyper hands the request back), and an idempotent
+/// one whose reused connection closed before any byte of its response, are sent again on the
+/// connector's next connection (see [`Http1Connector`]).
 pub struct Http1Connection<B> {
     shared: Arc<Shared<B>>,
     semaphore: PollSemaphore,
@@ -221,18 +275,26 @@ impl<B> Http1Connection<B> {
     }
 
     /// Resolves when the connection has ended: the close signal for
-    /// [`PersistentConnectionLayer::close_signal`]. A clean end (the server's idle close) is
-    /// graceful; a reset or an I/O error is an error.
+    /// [`PersistentConnectionLayer::close_signal`]. A clean end (the server's idle close, or
+    /// `Connection: close`) is [`Graceful`](CloseReason::Graceful) once the server has
+    /// answered a request, else [`GracefulBeforeServing`](CloseReason::GracefulBeforeServing);
+    /// a reset or an I/O error is an error.
     pub fn closed(&self) -> impl Future<Output = CloseReason> + Send + use<B> {
-        let mut status = self.shared.status.clone();
+        let mut status = self.shared.status.subscribe();
         async move {
-            let ended = status
+            let seen = status
                 .wait_for(|status| status.ended.is_some())
                 .await
-                .map(|status| status.ended.clone());
-            match ended {
-                Ok(Some(Err(error))) => CloseReason::Error(Box::new(ArcError(error))),
-                _ => CloseReason::Graceful,
+                .map(|status| status.clone());
+            // If the connection task is gone, judge by what was seen.
+            let seen = seen.unwrap_or_else(|_| status.borrow().clone());
+            match seen {
+                Status {
+                    ended: Some(Err(error)),
+                    ..
+                } => CloseReason::Error(Box::new(ArcError(error))),
+                Status { served: true, .. } => CloseReason::Graceful,
+                _ => CloseReason::GracefulBeforeServing,
             }
         }
     }
@@ -281,62 +343,171 @@ where
         lock(&self.shared.send).poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         let Some(permit) = self.permit.take() else {
             return Box::pin(async {
                 Err("call without a permit: poll_ready must return Ready(Ok) before call".into())
             });
         };
-        if !request.headers().contains_key(HOST) {
-            request.headers_mut().insert(HOST, self.shared.host.clone());
-        }
-        let sent = lock(&self.shared.send).try_send_request(request);
-        let latest = self.shared.latest.clone();
-        let number = self.shared.number;
+        // Only an idempotent request can need its head and body again after being written.
+        let idempotent = is_idempotent(&request);
+        let (request, kept) = Kept::prepare(request, &self.shared.replay, idempotent);
+        let sent = send_with(&self.shared, permit, request);
+        let shared = self.shared.clone();
         Box::pin(async move {
-            let result = sent.await;
-            drop(permit);
-            match result {
+            match sent.await {
                 Ok(response) => Ok(response),
-                Err(mut error) => match error.take_message() {
-                    Some(request) => resend_on_next(request, latest, number).await,
-                    None => Err(error.into_error().into()),
-                },
+                Err(failure) => {
+                    let (number, latest, replay) =
+                        (shared.number, shared.latest.clone(), shared.replay.clone());
+                    drop(shared);
+                    recover(failure, kept, number, latest, replay).await
+                }
             }
         })
     }
 }
 
-/// Sends `request`, which connection `number` handed back unwritten, on the connector's
-/// next connection: once, and only there.
-async fn resend_on_next<B>(
-    request: Request<B>,
-    mut latest: watch::Receiver<Latest<B>>,
-    number: u64,
-) -> Result<Response<Incoming>, BoxError>
+/// Sends `request` on the connection of `shared`, whose `permit` the caller holds and whose
+/// hyper sender is ready. A failure says whether the server provably did not process it.
+fn send_with<B>(
+    shared: &Arc<Shared<B>>,
+    permit: OwnedSemaphorePermit,
+    mut request: Request<ReplayBody<B>>,
+) -> impl Future<Output = Result<Response<Incoming>, Failure<B>>> + Send + use<B>
 where
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let next = latest
-        .wait_for(|latest| latest.number > number)
-        .await
-        .map_err(|_| "connection closed before the request was sent, and no other came")?
-        .shared
-        .upgrade()
-        .ok_or("connection closed before the request was sent, and the next one is gone")?;
-    let mut connection = Http1Connection::from_shared(next);
-    poll_fn(|cx| Service::<Request<B>>::poll_ready(&mut connection, cx)).await?;
-    let permit = connection.permit.take();
-    let sent = lock(&connection.shared.send).send_request(request);
-    let response = sent.await;
-    drop(permit);
-    Ok(response?)
+    let added_host = !request.headers().contains_key(HOST);
+    if added_host {
+        request.headers_mut().insert(HOST, shared.host.clone());
+    }
+    let idempotent = is_idempotent(&request);
+    // The permit orders these: every earlier request's response has been counted, and its
+    // bytes read (hyper is ready for a new request only once the last one is done).
+    let reused = shared.responses.load(Ordering::Acquire) > 0;
+    let read_before = shared.read.load(Ordering::Acquire);
+    let sent = lock(&shared.send).try_send_request(request);
+    let shared = shared.clone();
+    async move {
+        let result = sent.await;
+        if result.is_ok() {
+            shared.responses.fetch_add(1, Ordering::Release);
+        }
+        drop(permit);
+        result.map_err(|error| {
+            let mut failure = Failure::from_hyper(error, |error| {
+                // RFC 9112, 9.3.1: an idempotent request on a reused connection that closed
+                // before any byte of the response.
+                let silent = shared.read.load(Ordering::Acquire) == read_before;
+                (idempotent && reused && silent && h1_closed(error))
+                    .then_some(Refusal::ClosedBeforeResponse)
+            });
+            if let Some(request) = failure.request.as_mut().filter(|_| added_host) {
+                // The next connection gives its own.
+                request.headers_mut().remove(HOST);
+            }
+            failure
+        })
+    }
+}
+
+impl<B> Resend for Shared<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Body = B;
+
+    fn number(&self) -> u64 {
+        self.number
+    }
+
+    fn refuses_new(&self) -> bool {
+        self.status.borrow().ended.is_some()
+    }
+
+    async fn send(
+        self: Arc<Self>,
+        request: Request<ReplayBody<B>>,
+    ) -> Result<Response<Incoming>, Failure<B>> {
+        let mut connection = Http1Connection::from_shared(self.clone());
+        if let Err(error) =
+            poll_fn(|cx| Service::<Request<B>>::poll_ready(&mut connection, cx)).await
+        {
+            return Err(Failure::handed_back(error, request));
+        }
+        let Some(permit) = connection.permit.take() else {
+            return Err(Failure::handed_back(
+                "the connection gave no turn".into(),
+                request,
+            ));
+        };
+        send_with(&self, permit, request).await
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pin_project! {
+    /// `io`, counting the bytes read from it.
+    struct Counted<T> {
+        #[pin]
+        io: T,
+        read: Arc<AtomicU64>,
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Counted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let result = this.io.poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            let read = buf.filled().len().saturating_sub(before) as u64;
+            this.read.fetch_add(read, Ordering::Release);
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Counted<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
 }
 
 // === PersistentConnectionLayer::http1 ===
@@ -363,6 +534,12 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
         B::Error: Into<BoxError>,
     {
         name_origin(&mut connector.origin, self.explicit_name());
-        tower_layer::Layer::layer(&self.close_signal(Http1Connection::closed), connector)
+        let counters = connector.replay.counters.clone();
+        tower_layer::Layer::layer(
+            &self
+                .with_request_counters(counters)
+                .close_signal(Http1Connection::closed),
+            connector,
+        )
     }
 }

@@ -3,11 +3,11 @@
 
 use std::{
     fmt,
-    future::Future,
+    future::{Future, poll_fn},
     io,
     marker::PhantomData,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
     time::Duration,
 };
@@ -23,6 +23,8 @@ use super::{
     ArcError, Dial, InvalidOrigin, Origin,
     keep_alive::KeepAliveInterval,
     name_origin, origin_for,
+    replay::ReplayBody,
+    resend::{self, Failure, Kept, Latest, Newest, ReplayConfig, Resend, h2_refusal, recover},
     sniff::{Sniff, Status},
 };
 use crate::{
@@ -80,6 +82,13 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// [`current_keep_alive_interval`](Self::current_keep_alive_interval) tells the interval in
 /// use.
 ///
+/// A request the server provably never processed (its stream was above the last stream id of
+/// the server's `GOAWAY`, or refused with `REFUSED_STREAM`, or hyper handed it back unwritten)
+/// is sent again on this connector's next connection, up to
+/// [`max_replays`](Self::max_replays) times, if its body fits in
+/// [`max_replay_body`](Self::max_replay_body); else it fails with
+/// [`NotProcessed`](super::NotProcessed). See the [module documentation](super).
+///
 /// ```
 /// use std::net::SocketAddr;
 /// use std::time::Duration;
@@ -102,6 +111,9 @@ pub struct Http2Connector<B> {
     builder: http2::Builder<TokioExecutor>,
     origin: Option<Arc<Origin>>,
     keep_alive: Arc<KeepAliveInterval>,
+    /// This connector's newest connection, where refused requests are sent again.
+    latest: Newest<Shared<B>>,
+    replay: ReplayConfig,
     _body: PhantomData<fn(B)>,
 }
 
@@ -120,6 +132,8 @@ impl<B> Http2Connector<B> {
             builder,
             origin: None,
             keep_alive: Arc::new(KeepAliveInterval::new(Some(KEEP_ALIVE_INTERVAL))),
+            latest: resend::newest(),
+            replay: ReplayConfig::new(),
             _body: PhantomData,
         }
     }
@@ -224,6 +238,24 @@ impl<B> Http2Connector<B> {
         self
     }
 
+    /// How many times a request the server provably never processed is sent again, each time
+    /// on this connector's next connection, before it fails with
+    /// [`NotProcessed`](super::NotProcessed). `0` turns resends off. Default is 3.
+    ///
+    /// A request the server may have processed is never sent again.
+    pub fn max_replays(mut self, max: usize) -> Self {
+        self.replay.max_replays = max;
+        self
+    }
+
+    /// The most bytes of a request body kept for a resend. A refused request whose body was
+    /// larger fails with [`NotProcessed`](super::NotProcessed). Empty bodies cost nothing.
+    /// Default is 64 KiB.
+    pub fn max_replay_body(mut self, bytes: usize) -> Self {
+        self.replay.max_body = bytes;
+        self
+    }
+
     /// The underlying hyper builder, for the settings not exposed here. Its keep-alive
     /// interval is overwritten on each connect by the connector's
     /// ([`keep_alive_interval`](Self::keep_alive_interval)).
@@ -239,11 +271,16 @@ impl<B> Default for Http2Connector<B> {
 }
 
 impl<B> Clone for Http2Connector<B> {
+    /// A connector with the same settings and request counters. Its connections are its own:
+    /// a request refused on one of them is sent again on the clone's next connection, never
+    /// on another clone's (which may serve another server).
     fn clone(&self) -> Self {
         Self {
             builder: self.builder.clone(),
             origin: self.origin.clone(),
             keep_alive: self.keep_alive.clone(),
+            latest: resend::newest(),
+            replay: self.replay.clone(),
             _body: PhantomData,
         }
     }
@@ -279,6 +316,8 @@ where
         let interval = keep_alive.get();
         builder.keep_alive_interval(interval);
         let origin = origin_for(&self.origin, &address);
+        let latest = self.latest.clone();
+        let replay = Arc::new(self.replay.clone());
         Box::pin(async move {
             let stream = address.dial().await.map_err(|error| match error.kind() {
                 // The server took the connection and dropped it at once.
@@ -292,7 +331,7 @@ where
                 move |goaway| keep_alive.on_goaway(interval, goaway),
             )));
             let (send, connection) = builder
-                .handshake::<_, B>(io)
+                .handshake::<_, ReplayBody<B>>(io)
                 .await
                 .map_err(|error| NoPreface::because(error.into()))?;
             let ended = status.clone();
@@ -316,11 +355,18 @@ where
                     _ => NoPreface::because("the server closed the connection".into()),
                 });
             }
-            Ok(Http2Connection {
-                send,
-                origin,
-                status: observed,
-            })
+            let newest = latest.subscribe();
+            let shared = resend::publish(&latest, |number| {
+                Arc::new(Shared {
+                    send: Mutex::new(send.clone()),
+                    origin,
+                    status: observed,
+                    number,
+                    latest: newest,
+                    replay,
+                })
+            })?;
+            Ok(Http2Connection { send, shared })
         })
     }
 }
@@ -356,47 +402,73 @@ impl std::error::Error for NoPreface {
 /// scheme and authority get the connector's origin.
 ///
 /// `poll_ready` fails once the connection has ended or the server has sent `GOAWAY` (so new
-/// requests go to the next connection, while the streams in flight finish on this one).
+/// requests go to the next connection, while the streams in flight finish on this one). A
+/// request the server refused is sent again on the connector's next connection (see
+/// [`Http2Connector`]).
 pub struct Http2Connection<B> {
-    send: http2::SendRequest<B>,
+    send: http2::SendRequest<ReplayBody<B>>,
+    shared: Arc<Shared<B>>,
+}
+
+/// What the clones of one HTTP/2 connection share.
+struct Shared<B> {
+    /// A sender to clone, for requests sent again on this connection.
+    send: Mutex<http2::SendRequest<ReplayBody<B>>>,
     origin: Arc<Origin>,
     status: watch::Receiver<Status>,
+    /// This connection's number among its connector's connections.
+    number: u64,
+    /// The connector's newest connection, for requests this one refuses.
+    latest: watch::Receiver<Latest<Self>>,
+    replay: Arc<ReplayConfig>,
 }
 
 impl<B> Http2Connection<B> {
     /// Resolves when the connection has ended or the server has sent `GOAWAY`: the close
     /// signal for [`PersistentConnectionLayer::close_signal`]. `GOAWAY` and a clean end are
-    /// graceful; a reset, an I/O error or a keep-alive timeout is an error. A gRPC server's
+    /// [`Graceful`](CloseReason::Graceful) once the server has answered a request (sent a
+    /// response's `HEADERS`), else
+    /// [`GracefulBeforeServing`](CloseReason::GracefulBeforeServing); a reset, an I/O error, a
+    /// keep-alive timeout or a `GOAWAY` with an error code is an error. A gRPC server's
     /// complaint of too many pings (`GOAWAY` `ENHANCE_YOUR_CALM`, `too_many_pings`) is
     /// [`CloseReason::Graceful`] whether or not the connection served: the connector has
     /// doubled its keep-alive interval by then, and the replacement is made at once.
     pub fn closed(&self) -> impl Future<Output = CloseReason> + Send + use<B> {
-        let mut status = self.status.clone();
+        let mut status = self.shared.status.clone();
         async move {
-            let status = status
+            let seen = status
                 .wait_for(|status| status.goaway || status.ended.is_some())
                 .await
                 .map(|status| status.clone());
+            // If the connection task is gone, judge by what was seen.
+            let status = seen.unwrap_or_else(|_| status.borrow().clone());
             match status {
                 // Our pings were too frequent, not the server broken: replace at once.
-                Ok(Status {
+                Status {
                     goaway_frame: Some(goaway),
                     ..
-                }) if goaway.is_too_many_pings() => CloseReason::Graceful,
-                Ok(Status {
+                } if goaway.is_too_many_pings() => CloseReason::Graceful,
+                // A goodbye with an error code is no orderly goodbye.
+                Status {
+                    goaway_frame: Some(goaway),
+                    ..
+                } if goaway.error_code != 0 => {
+                    CloseReason::Error(format!("the server sent {goaway}").into())
+                }
+                Status {
                     ended: Some(Err(error)),
                     goaway: false,
                     ..
-                }) => CloseReason::Error(Box::new(ArcError(error))),
-                _ => CloseReason::Graceful,
+                } => CloseReason::Error(Box::new(ArcError(error))),
+                Status { served: true, .. } => CloseReason::Graceful,
+                _ => CloseReason::GracefulBeforeServing,
             }
         }
     }
 
     /// Whether the connection has ended or the server has sent `GOAWAY`.
     pub fn is_closed(&self) -> bool {
-        let status = self.status.borrow();
-        status.goaway || status.ended.is_some() || self.send.is_closed()
+        self.shared.status_says_closed() || self.send.is_closed()
     }
 }
 
@@ -404,8 +476,7 @@ impl<B> Clone for Http2Connection<B> {
     fn clone(&self) -> Self {
         Self {
             send: self.send.clone(),
-            origin: self.origin.clone(),
-            status: self.status.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -413,7 +484,8 @@ impl<B> Clone for Http2Connection<B> {
 impl<B> fmt::Debug for Http2Connection<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Http2Connection")
-            .field("origin", &self.origin)
+            .field("origin", &self.shared.origin)
+            .field("number", &self.shared.number)
             .field("closed", &self.is_closed())
             .finish()
     }
@@ -430,7 +502,7 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.status.borrow().goaway {
+        if self.shared.status.borrow().goaway {
             return Poll::Ready(Err(
                 "the server sent GOAWAY: this connection takes no new requests".into(),
             ));
@@ -438,10 +510,84 @@ where
         self.send.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        self.origin.apply(&mut request);
-        let response = self.send.send_request(request);
-        Box::pin(async move { response.await.map_err(Into::into) })
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let (request, kept) = Kept::prepare(request, &self.shared.replay, true);
+        let sent = send_on(&mut self.send, &self.shared.origin, request);
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            match sent.await {
+                Ok(response) => Ok(response),
+                Err(failure) => {
+                    let (number, latest, replay) =
+                        (shared.number, shared.latest.clone(), shared.replay.clone());
+                    drop(shared);
+                    recover(failure, kept, number, latest, replay).await
+                }
+            }
+        })
+    }
+}
+
+/// Sends `request` (with the origin filled in) through `send`; a failure says whether the
+/// server provably did not process it.
+fn send_on<B>(
+    send: &mut http2::SendRequest<ReplayBody<B>>,
+    origin: &Origin,
+    mut request: Request<ReplayBody<B>>,
+) -> impl Future<Output = Result<Response<Incoming>, Failure<B>>> + Send + use<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    origin.apply(&mut request);
+    let sent = send.try_send_request(request);
+    async move {
+        sent.await
+            .map_err(|error| Failure::from_hyper(error, h2_refusal))
+    }
+}
+
+impl<B> Shared<B> {
+    /// The connection has ended, or the server has sent `GOAWAY`.
+    fn status_says_closed(&self) -> bool {
+        let status = self.status.borrow();
+        status.goaway || status.ended.is_some()
+    }
+}
+
+impl<B> Resend for Shared<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Body = B;
+
+    fn number(&self) -> u64 {
+        self.number
+    }
+
+    fn refuses_new(&self) -> bool {
+        self.status_says_closed()
+    }
+
+    fn send(
+        self: Arc<Self>,
+        request: Request<ReplayBody<B>>,
+    ) -> impl Future<Output = Result<Response<Incoming>, Failure<B>>> + Send {
+        let mut send = self
+            .send
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        async move {
+            // hyper's HTTP/2 `poll_ready` only says whether the connection is closed.
+            if let Err(error) = poll_fn(|cx| send.poll_ready(cx)).await {
+                return Err(Failure::handed_back(error.into(), request));
+            }
+            send_on(&mut send, &self.origin, request).await
+        }
     }
 }
 
@@ -469,6 +615,12 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
         B::Error: Into<BoxError>,
     {
         name_origin(&mut connector.origin, self.explicit_name());
-        tower_layer::Layer::layer(&self.close_signal(Http2Connection::closed), connector)
+        let counters = connector.replay.counters.clone();
+        tower_layer::Layer::layer(
+            &self
+                .with_request_counters(counters)
+                .close_signal(Http2Connection::closed),
+            connector,
+        )
     }
 }

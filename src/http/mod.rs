@@ -12,12 +12,92 @@
 //! server sent `GOAWAY`); pass it to
 //! [`close_signal`](crate::PersistentConnectionLayer::close_signal) so the layer reconnects without
 //! waiting for a request to fail, or use [`PersistentConnectionLayer::http2`], which wires it
-//! in.
+//! in. The signal says [`Graceful`](crate::CloseReason::Graceful) for a goodbye of a
+//! connection that has answered at least one request, and
+//! [`GracefulBeforeServing`](crate::CloseReason::GracefulBeforeServing) for one before any
+//! answer.
 //!
 //! Requests with a path-only URI (as tonic sends them) get a scheme and authority: by default
 //! `http` and the connector's logical name ([`Http2Connector::origin`]; with
 //! [`PersistentConnectionLayer::http2`], the layer's server name), never a replica's IP
 //! address, which changes on failover and is wrong for TLS and virtual hosts.
+//!
+//!
+//! # When the server says goodbye: what is replayed, what is not
+//!
+//! A connector sends a request again, on its next connection, only when the failure proves
+//! that the server never processed it:
+//!
+//! - HTTP/2: the stream was above the last stream id of the server's `GOAWAY` (`NO_ERROR`),
+//!   or was not opened yet when the `GOAWAY` came; the server reset the stream with
+//!   `REFUSED_STREAM` (this one may go to the same connection, if it still takes requests);
+//! - both: hyper handed the request back unwritten, because the connection had closed;
+//! - HTTP/1 only (RFC 9112, section 9.3.1): an idempotent request (`GET`, `HEAD`, `OPTIONS`,
+//!   `PUT`, `DELETE`, `TRACE`, or one carrying [`Idempotent`] in its extensions) whose *reused*
+//!   connection (it had answered an earlier request) closed before any byte of its response.
+//!
+//! Nothing else is sent again: not a stream at or below the `GOAWAY`'s last stream id whose
+//! connection then dies, not a request that got part of its response, not a non-idempotent
+//! HTTP/1 request whose connection closed after it was written. Those fail with the
+//! connection's error.
+//!
+//! A resend waits for the connector's next connection (made by the layer's driver), and goes
+//! through the same origin and `Host` filling as the first send. It is bounded: at most
+//! [`max_replays`](Http2Connector::max_replays) resends (default 3), and only if the body fit
+//! in [`max_replay_body`](Http2Connector::max_replay_body) (default 64 KiB: the body is kept
+//! as hyper reads it, and dropped when the call is over; empty bodies cost nothing). A request
+//! that cannot be sent again fails with [`NotProcessed`], which means it is safe for the
+//! caller to retry, whatever the request; so does one whose connector is gone (the layer was
+//! closed) before a next connection came. With the layer's
+//! [`Handle::stats`](crate::Handle::stats), `replayed_requests` counts the resends and
+//! `refused_requests` the `NotProcessed` failures.
+//!
+//! One race is hyper's and cannot be told apart: if the server's `GOAWAY` arrives in the
+//! instant between hyper opening a stream and checking the connection again, hyper fails that
+//! stream with the `GOAWAY` error even though its `HEADERS` may have been written at or below
+//! the last stream id; the connector then sends it again.
+//!
+//! ```
+//! use std::net::SocketAddr;
+//!
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use persistent_connection::{
+//!     BoxError, PersistentConnectionLayer,
+//!     http::{Http2Connector, NotProcessed},
+//! };
+//! use tower::{Service, ServiceExt};
+//!
+//! /// Whether `error` says the server never processed the request.
+//! fn not_processed(error: &BoxError) -> bool {
+//!     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+//!     while let Some(error) = source {
+//!         if error.is::<NotProcessed>() {
+//!             return true;
+//!         }
+//!         source = error.source();
+//!     }
+//!     false
+//! }
+//!
+//! async fn charge(addr: SocketAddr, order: Bytes) -> Result<(), BoxError> {
+//!     let connector = Http2Connector::<Full<Bytes>>::new()
+//!         .max_replays(5) // resends of a refused request, each on the next connection
+//!         .max_replay_body(256 * 1024); // bytes of a body kept for them
+//!     let mut svc = PersistentConnectionLayer::fixed_address(addr)
+//!         .server_name("billing")
+//!         .http2(connector);
+//!     let request = http::Request::post("/charge").body(Full::new(order))?;
+//!     match svc.ready().await?.call(request).await {
+//!         Ok(_response) => Ok(()),
+//!         // The server never saw it: safe to try again later, even though it is a POST.
+//!         Err(error) if not_processed(&error) => Err(error),
+//!         // The server may have processed it: do not blindly retry a POST.
+//!         Err(error) => Err(error),
+//!     }
+//! }
+//! # let _ = charge;
+//! ```
 //!
 //! [`PersistentConnectionLayer`]: crate::PersistentConnectionLayer
 //! [`PersistentConnectionLayer::http2`]: crate::PersistentConnectionLayer::http2
@@ -26,6 +106,8 @@ mod dial;
 mod http1;
 mod http2;
 mod keep_alive;
+mod replay;
+mod resend;
 mod sniff;
 
 use std::{fmt, sync::Arc};
@@ -39,6 +121,7 @@ pub use self::{
     dial::Dial,
     http1::{Http1Connection, Http1Connector},
     http2::{Http2Connection, Http2Connector},
+    resend::{Idempotent, NotProcessed},
 };
 
 /// The scheme and authority given to requests whose URI has none.

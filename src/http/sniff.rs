@@ -1,6 +1,7 @@
 //! A read-side observer of an HTTP/2 connection's frames: tells when the server's first
-//! frame (its preface, a SETTINGS frame) has arrived, and when it has sent `GOAWAY` (with the
-//! frame's payload: last stream, error code, the start of its debug data).
+//! frame (its preface, a SETTINGS frame) has arrived, when it has sent its first response
+//! (`HEADERS` on a stream), and when it has sent `GOAWAY` (with the frame's payload: last
+//! stream, error code, the start of its debug data).
 //!
 //! hyper's HTTP/2 handshake returns before the server has said anything, and hyper does not
 //! report a `GOAWAY`. Both matter here: a server that accepts TCP and closes at once must not
@@ -31,6 +32,9 @@ pub(crate) struct Status {
     pub(crate) preface: bool,
     /// The server sent `GOAWAY`.
     pub(crate) goaway: bool,
+    /// The server has answered at least one request: a `HEADERS` frame arrived on a stream.
+    /// (HTTP/1 sets it when a response head has arrived.)
+    pub(crate) served: bool,
     /// The connection task has ended: `Ok` for a clean end, else its error.
     pub(crate) ended: Option<Result<(), Arc<hyper::Error>>>,
     /// The payload of the latest `GOAWAY`; `None` before one, or if it was too short to
@@ -77,6 +81,7 @@ pub(crate) type OnGoAway = Arc<dyn Fn(&GoAway) + Send + Sync>;
 
 const FRAME_HEADER: usize = 9;
 const GOAWAY: u8 = 0x7;
+const HEADERS: u8 = 0x1;
 /// Last stream id and error code.
 const GOAWAY_FIXED: usize = 8;
 /// How much of a `GOAWAY`'s debug data is kept.
@@ -156,9 +161,12 @@ impl Frames {
                 self.payload = usize::from(header[0]) << 16
                     | usize::from(header[1]) << 8
                     | usize::from(header[2]);
+                let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+                let served = header[3] == HEADERS && stream & 0x7fff_ffff != 0;
                 status.send_if_modified(|status| {
-                    let changed = !status.preface;
+                    let changed = !status.preface || (served && !status.served);
                     status.preface = true;
+                    status.served |= served;
                     changed
                 });
                 if header[3] == GOAWAY {
@@ -264,18 +272,13 @@ mod tests {
     use super::*;
 
     fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        stream_frame(kind, 0, payload)
+    }
+
+    fn stream_frame(kind: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let len = payload.len();
-        let mut frame = vec![
-            (len >> 16) as u8,
-            (len >> 8) as u8,
-            len as u8,
-            kind,
-            0,
-            0,
-            0,
-            0,
-            0,
-        ];
+        let mut frame = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, 0];
+        frame.extend_from_slice(&stream.to_be_bytes());
         frame.extend_from_slice(payload);
         frame
     }
@@ -446,5 +449,40 @@ mod tests {
             let chunks: Vec<&[u8]> = noise.chunks(1 + (seed % 37) as usize).collect();
             let _ = run_with(&chunks, Some(&hook));
         }
+    }
+
+    /// A `HEADERS` frame on a stream marks the connection as having served, also when its
+    /// header is split across reads; frames on stream 0, other frame types, and a `HEADERS`
+    /// type byte inside a payload do not.
+    #[test]
+    fn sees_the_first_response_headers() {
+        let settings = frame(0x4, &[0; 6]);
+        let ping = frame(0x6, &[HEADERS; 8]);
+        let status = run(&[&settings, &ping]);
+        assert!(status.preface && !status.served);
+        // A DATA frame whose payload is full of HEADERS type bytes.
+        let status = run(&[&settings, &stream_frame(0x0, 1, &[HEADERS; 40])]);
+        assert!(!status.served);
+        // A HEADERS-typed frame on stream 0 (invalid, but not a response).
+        let status = run(&[&settings, &stream_frame(HEADERS, 0, &[0; 4])]);
+        assert!(!status.served);
+
+        let stream: Vec<u8> = [
+            settings,
+            stream_frame(HEADERS, 1, &[0x88]),
+            frame(GOAWAY, &[0; 8]),
+        ]
+        .concat();
+        for split in [3, 9, 15, 18, 19, 20] {
+            let (a, b) = stream.split_at(split);
+            let status = run(&[a, b]);
+            assert!(status.served && status.goaway, "split at {split}");
+        }
+        // The reserved high bit of the stream id is ignored.
+        let status = run(&[&stream_frame(HEADERS, 0x8000_0000, &[])]);
+        assert!(!status.served);
+        // GOAWAY before any response: not served.
+        let status = run(&[&frame(0x4, &[]), &frame(GOAWAY, &[0; 8])]);
+        assert!(status.goaway && !status.served);
     }
 }

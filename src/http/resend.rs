@@ -1,0 +1,460 @@
+//! Sending again a request the server provably never processed, on the connector's next
+//! connection: the proofs, the bounds, and the [`NotProcessed`] error when it cannot be done.
+
+use std::{
+    error::Error as StdError,
+    fmt,
+    future::Future,
+    io,
+    sync::{Arc, Weak},
+};
+
+use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use tokio::sync::watch;
+
+use super::replay::{ReplayBody, TooLarge};
+use crate::{BoxError, stats::RequestCounters};
+
+/// The default of `max_replays`.
+pub(crate) const MAX_REPLAYS: usize = 3;
+/// The default of `max_replay_body`: 64 KiB.
+pub(crate) const MAX_REPLAY_BODY: usize = 64 * 1024;
+
+/// Marks a request as idempotent, so that an HTTP/1 connector may send it again when its
+/// reused connection closed before any byte of the response (RFC 9112, section 9.3.1), like
+/// the methods that are idempotent by definition (`GET`, `HEAD`, `OPTIONS`, `PUT`, `DELETE`,
+/// `TRACE`).
+///
+/// Insert it into the request's extensions. It changes nothing for HTTP/2, whose connectors
+/// send again only what the server provably refused.
+///
+/// ```
+/// use persistent_connection::http::Idempotent;
+///
+/// let mut request = http::Request::post("/counters/42/set?value=7").body(()).unwrap();
+/// request.extensions_mut().insert(Idempotent);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Idempotent;
+
+/// Whether `request` may be sent twice with the effect of once.
+pub(crate) fn is_idempotent<B>(request: &Request<B>) -> bool {
+    matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    ) || request.extensions().get::<Idempotent>().is_some()
+}
+
+/// How a connector sends again: shared by the connections it makes.
+#[derive(Clone, Debug)]
+pub(crate) struct ReplayConfig {
+    pub(crate) max_replays: usize,
+    pub(crate) max_body: usize,
+    pub(crate) counters: Arc<RequestCounters>,
+}
+
+impl ReplayConfig {
+    pub(crate) fn new() -> Self {
+        Self {
+            max_replays: MAX_REPLAYS,
+            max_body: MAX_REPLAY_BODY,
+            counters: Arc::new(RequestCounters::default()),
+        }
+    }
+}
+
+// === the connector's newest connection ===
+
+/// The newest connection a connector made, and its number. Weak: the connector must not keep
+/// a connection alive, and a connection (which holds a receiver) must not keep itself alive.
+pub(crate) struct Latest<C> {
+    number: u64,
+    connection: Weak<C>,
+}
+
+/// A connector's watch of its newest connection.
+pub(crate) type Newest<C> = Arc<watch::Sender<Latest<C>>>;
+
+/// A watch with no connection yet.
+pub(crate) fn newest<C>() -> Newest<C> {
+    Arc::new(watch::Sender::new(Latest {
+        number: 0,
+        connection: Weak::new(),
+    }))
+}
+
+/// Makes the connection `make(number)` the newest, with the next number.
+pub(crate) fn publish<C>(
+    newest: &watch::Sender<Latest<C>>,
+    make: impl FnOnce(u64) -> Arc<C>,
+) -> Result<Arc<C>, BoxError> {
+    let mut made = None;
+    newest.send_modify(|latest| {
+        let number = latest.number + 1;
+        let connection = make(number);
+        *latest = Latest {
+            number,
+            connection: Arc::downgrade(&connection),
+        };
+        made = Some(connection);
+    });
+    made.ok_or_else(|| "the connection was not made".into())
+}
+
+/// A connection that can take a request sent again.
+pub(crate) trait Resend: Send + Sync + Sized + 'static {
+    /// The body type of its requests.
+    type Body: Send + 'static;
+
+    /// The connection's number among its connector's connections.
+    fn number(&self) -> u64;
+
+    /// Whether the connection takes no new requests (ended, or the server said goodbye).
+    fn refuses_new(&self) -> bool;
+
+    /// Sends `request` on this connection once it is ready.
+    fn send(
+        self: Arc<Self>,
+        request: Request<ReplayBody<Self::Body>>,
+    ) -> impl Future<Output = Result<Response<Incoming>, Failure<Self::Body>>> + Send;
+}
+
+/// Waits for a connection newer than number `after` that takes requests; `None` once the
+/// connector is gone.
+async fn next_connection<C: Resend>(
+    latest: &mut watch::Receiver<Latest<C>>,
+    mut after: u64,
+) -> Option<Arc<C>> {
+    loop {
+        let (number, connection) = {
+            let latest = latest.wait_for(|latest| latest.number > after).await.ok()?;
+            (latest.number, latest.connection.clone())
+        };
+        match connection.upgrade() {
+            Some(connection) if !connection.refuses_new() => return Some(connection),
+            // Gone or closing already: wait for the one after it.
+            _ => after = number,
+        }
+    }
+}
+
+// === what a failed send proves ===
+
+/// Why the server provably did not process a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// hyper handed the request back unwritten: the connection closed before.
+    HandedBack,
+    /// HTTP/2: the stream was above the last stream id of the server's `GOAWAY`.
+    GoAway,
+    /// HTTP/2: the server reset the stream with `REFUSED_STREAM`.
+    RefusedStream,
+    /// HTTP/1: the reused connection closed before any byte of the response to this
+    /// idempotent request (RFC 9112, 9.3.1).
+    ClosedBeforeResponse,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::HandedBack => "the connection closed before the request was written",
+            Self::GoAway => "GOAWAY above its last stream id",
+            Self::RefusedStream => "REFUSED_STREAM",
+            Self::ClosedBeforeResponse => {
+                "its reused HTTP/1 connection closed before any byte of the response to this idempotent request"
+            }
+        })
+    }
+}
+
+/// An h2 error in `error`'s source chain that proves the server did not process the stream:
+/// a `GOAWAY` (`NO_ERROR`) from the server, which h2 gives only to the streams above its last
+/// stream id and to streams not opened yet (a stream at or below it that dies later gets an
+/// I/O error, `BrokenPipe`), or a `REFUSED_STREAM` reset from the server.
+pub(crate) fn h2_refusal(error: &hyper::Error) -> Option<Refusal> {
+    let h2 = chain(error).find_map(|error| error.downcast_ref::<h2::Error>())?;
+    if !h2.is_remote() {
+        return None;
+    }
+    if h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR) {
+        Some(Refusal::GoAway)
+    } else if h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        Some(Refusal::RefusedStream)
+    } else {
+        None
+    }
+}
+
+/// Whether `error` says the HTTP/1 connection closed (or was reset) under a request.
+pub(crate) fn h1_closed(error: &hyper::Error) -> bool {
+    error.is_incomplete_message()
+        || error.is_canceled()
+        || error.is_closed()
+        || chain(error).any(|error| {
+            error.downcast_ref::<io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::UnexpectedEof
+                )
+            })
+        })
+}
+
+/// `error` and its sources.
+fn chain<'a>(
+    error: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(error), |&error| error.source())
+}
+
+/// A failed send: the error, and what it proves.
+pub(crate) struct Failure<B> {
+    pub(crate) error: BoxError,
+    /// Why the server provably did not process the request; `None`: it may have.
+    pub(crate) refusal: Option<Refusal>,
+    /// The request, if hyper handed it back.
+    pub(crate) request: Option<Request<ReplayBody<B>>>,
+}
+
+impl<B> Failure<B> {
+    /// A failure of hyper's `try_send_request`, classified by `refusal` unless hyper handed
+    /// the request back.
+    pub(crate) fn from_hyper(
+        mut error: hyper::client::conn::TrySendError<Request<ReplayBody<B>>>,
+        refusal: impl FnOnce(&hyper::Error) -> Option<Refusal>,
+    ) -> Self {
+        let request = error.take_message();
+        let error = error.into_error();
+        let refusal = if request.is_some() {
+            Some(Refusal::HandedBack)
+        } else {
+            refusal(&error)
+        };
+        Self {
+            error: error.into(),
+            refusal,
+            request,
+        }
+    }
+
+    /// `request` was not written: the connection failed `error` before.
+    pub(crate) fn handed_back(error: BoxError, request: Request<ReplayBody<B>>) -> Self {
+        Self {
+            error,
+            refusal: Some(Refusal::HandedBack),
+            request: Some(request),
+        }
+    }
+}
+
+// === what is kept for a resend ===
+
+/// A request head, cloned before the request is sent.
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: Extensions,
+}
+
+impl Head {
+    fn of<T>(request: &Request<T>) -> Self {
+        Self {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+            extensions: request.extensions().clone(),
+        }
+    }
+
+    fn with<T>(self, body: T) -> Request<T> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers;
+        *request.extensions_mut() = self.extensions;
+        request
+    }
+}
+
+/// What a call keeps to send its request again: the head as the caller gave it (when a
+/// resend can need it) and a handle on the body.
+pub(crate) struct Kept<B> {
+    head: Option<Head>,
+    body: ReplayBody<B>,
+}
+
+impl<B: http_body::Body> Kept<B> {
+    /// Wraps the body of `request` for replays, and keeps its head if `keep_head` (else only a
+    /// request hyper hands back can be sent again).
+    pub(crate) fn prepare(
+        request: Request<B>,
+        config: &ReplayConfig,
+        keep_head: bool,
+    ) -> (Request<ReplayBody<B>>, Self) {
+        let keep_head = keep_head && config.max_replays > 0;
+        let head = keep_head.then(|| Head::of(&request));
+        let limit = if keep_head { config.max_body } else { 0 };
+        let request = request.map(|body| ReplayBody::new(body, limit));
+        let body = request.body().handle();
+        (request, Self { head, body })
+    }
+}
+
+impl<B> Drop for Kept<B> {
+    /// The call is over: nothing will be sent again, so the body need not be kept.
+    fn drop(&mut self) {
+        self.body.stop_recording();
+    }
+}
+
+// === sending again ===
+
+/// After `failure` on connection `number`: sends the request again on the connector's next
+/// connection (for `REFUSED_STREAM`, its newest one that takes requests, which may be the
+/// same) while each failure proves the server did not process it, at most
+/// `config.max_replays` times; else fails with `NotProcessed` (or with the error, when the
+/// server may have processed the request).
+pub(crate) async fn recover<C>(
+    mut failure: Failure<C::Body>,
+    mut kept: Kept<C::Body>,
+    mut number: u64,
+    mut latest: watch::Receiver<Latest<C>>,
+    config: Arc<ReplayConfig>,
+) -> Result<Response<Incoming>, BoxError>
+where
+    C: Resend,
+{
+    let mut replays = 0;
+    loop {
+        let Some(refusal) = failure.refusal else {
+            return Err(failure.error);
+        };
+        let not_processed = |why, error| {
+            config.counters.refused();
+            Err(BoxError::from(NotProcessed {
+                refusal,
+                why,
+                source: error,
+            }))
+        };
+        if replays >= config.max_replays {
+            return not_processed(Why::Limit(config.max_replays), failure.error);
+        }
+        let body = match kept.body.replay() {
+            Ok(body) => body,
+            Err(TooLarge) => return not_processed(Why::TooLarge(config.max_body), failure.error),
+        };
+        let request = match (kept.head.take(), failure.request.take()) {
+            (Some(head), _) => {
+                let request = head.with(body);
+                kept.head = Some(Head::of(&request));
+                request
+            }
+            (None, Some(handed_back)) => handed_back.map(|_| body),
+            (None, None) => return not_processed(Why::NotKept, failure.error),
+        };
+        // A stream refused on a connection that still takes requests may go to the same
+        // connection again; anything else waits for a newer one.
+        let after = match refusal {
+            Refusal::RefusedStream => number.saturating_sub(1),
+            _ => number,
+        };
+        let Some(next) = next_connection(&mut latest, after).await else {
+            return not_processed(Why::ConnectorGone, failure.error);
+        };
+        replays += 1;
+        config.counters.replayed();
+        tracing::debug!(
+            %refusal,
+            replay = replays,
+            "the server did not process the request: sending it again on the next connection",
+        );
+        number = next.number();
+        match next.send(request).await {
+            Ok(response) => return Ok(response),
+            Err(next_failure) => failure = next_failure,
+        }
+    }
+}
+
+// === NotProcessed ===
+
+/// A request failed, but the server provably never processed it, and the connector could not
+/// send it again: it is safe for the caller to retry, whatever the request.
+///
+/// The crate's HTTP connectors send such a request again on their next connection by
+/// themselves, up to [`max_replays`](super::Http2Connector::max_replays) times; this error
+/// comes when the limit is reached, when the body was larger than the bytes kept for a resend
+/// ([`max_replay_body`](super::Http2Connector::max_replay_body)), or when no next connection
+/// will come (the layer was closed). Each one is counted in
+/// [`Stats::refused_requests`](crate::Stats::refused_requests).
+///
+/// Its `source()` is the underlying hyper error. Find it in an error's source chain (a
+/// `Buffer` wraps errors):
+///
+/// ```
+/// use persistent_connection::{BoxError, http::NotProcessed};
+///
+/// fn safe_to_retry(error: &BoxError) -> bool {
+///     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+///     while let Some(error) = source {
+///         if error.is::<NotProcessed>() {
+///             return true;
+///         }
+///         source = error.source();
+///     }
+///     false
+/// }
+/// # assert!(!safe_to_retry(&BoxError::from("other")));
+/// ```
+#[derive(Debug)]
+pub struct NotProcessed {
+    refusal: Refusal,
+    why: Why,
+    source: BoxError,
+}
+
+/// Why a request the server did not process was not sent again.
+#[derive(Clone, Copy, Debug)]
+enum Why {
+    Limit(usize),
+    TooLarge(usize),
+    ConnectorGone,
+    NotKept,
+}
+
+impl fmt::Display for NotProcessed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the server did not process the request ({}) and it was not sent again: ",
+            self.refusal
+        )?;
+        match self.why {
+            Why::Limit(0) => f.write_str("resends are off (max_replays is 0)"),
+            Why::Limit(max) => write!(f, "it was already sent again {max} times (max_replays)"),
+            Why::TooLarge(max) => write!(
+                f,
+                "its body was larger than the {max} bytes kept for a resend (max_replay_body)"
+            ),
+            Why::ConnectorGone => f.write_str(
+                "no next connection will come (the connector is gone: the layer was closed)",
+            ),
+            Why::NotKept => f.write_str("the request was not kept for a resend"),
+        }
+    }
+}
+
+impl StdError for NotProcessed {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&*self.source)
+    }
+}
