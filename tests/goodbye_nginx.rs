@@ -52,6 +52,8 @@ type Body = Empty<Bytes>;
 const RUN: Duration = Duration::from_secs(10);
 /// Concurrent request loops of the HTTP/2 runs.
 const LOOPS: usize = 32;
+/// Slices per configuration when two are compared (see `SlicedRun`).
+const SLICES: u32 = 10;
 /// A bound on one request (including its wait for a connection): a longer one is a failure.
 const REQUEST_BOUND: Duration = Duration::from_secs(5);
 /// A bound on the first connection.
@@ -336,31 +338,97 @@ async fn h2_run(
     Some((nginx, figures))
 }
 
+/// One HTTP/2 client of a run that is measured in slices: an nginx, the layer, its watch.
+struct SlicedRun {
+    label: &'static str,
+    nginx: Nginx,
+    watch: Watch,
+    svc: persistent_connection::PersistentConnection<
+        persistent_connection::http::Http2Connection<Body>,
+    >,
+    tally: Arc<Tally>,
+    elapsed: Duration,
+}
+
+impl SlicedRun {
+    async fn start(label: &'static str, config: Config) -> Option<Self> {
+        let nginx = Nginx::start(config).await?;
+        let watch = Watch::default();
+        let svc = h2_client(&nginx, &watch);
+        first_connection(&svc.handle()).await;
+        Some(Self {
+            label,
+            nginx,
+            watch,
+            svc,
+            tally: Arc::new(Tally::default()),
+            elapsed: Duration::ZERO,
+        })
+    }
+
+    /// [`LOOPS`] loops send `GET /` for `length`.
+    async fn slice(&mut self, length: Duration) {
+        let start = Instant::now();
+        let deadline = start + length;
+        let mut loops = JoinSet::new();
+        for _ in 0..LOOPS {
+            let (mut svc, tally) = (self.svc.clone(), self.tally.clone());
+            loops.spawn(async move {
+                while Instant::now() < deadline {
+                    tally.record(get(&mut svc).await);
+                }
+            });
+        }
+        while let Some(result) = loops.join_next().await {
+            result.expect("a request loop panicked");
+        }
+        self.elapsed += start.elapsed();
+    }
+
+    async fn finish(self) -> (Nginx, Figures) {
+        let handle = self.svc.handle();
+        let figures = Figures::new(
+            self.label,
+            &self.tally,
+            self.elapsed,
+            &[(handle.stats(), &self.watch)],
+        );
+        handle.close().await;
+        figures.print();
+        (self.nginx, figures)
+    }
+}
+
 /// nginx's `GOAWAY` after every 200th request on a connection (`keepalive_requests 200`)
 /// costs no request and almost no throughput: 0 failed, at least 0.9x the requests of the
-/// same run where nginx never says goodbye (`keepalive_requests 1000000`), no failed attempt,
-/// never `State::Waiting`.
+/// same load where nginx never says goodbye (`keepalive_requests 1000000`), no failed
+/// attempt, never `State::Waiting`. The two are measured in alternating 1 s slices (10 each),
+/// so that the machine's load drifting during the test weighs on both alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_goaway_after_keepalive_requests_costs_no_request_and_little_throughput() {
     let _serial = SERIAL.lock().await;
-    let Some((_nginx_base, base)) = h2_run(
+    let Some(mut base) = SlicedRun::start(
         "h2 keepalive_requests 1000000",
         Config::h2c().directive("keepalive_requests 1000000;"),
-        async |_, _| {},
     )
     .await
     else {
         return;
     };
-    let Some((_nginx, goaway)) = h2_run(
+    let Some(mut rotating) = SlicedRun::start(
         "h2 keepalive_requests 200",
         Config::h2c().directive("keepalive_requests 200;"),
-        async |_, _| {},
     )
     .await
     else {
         return;
     };
+    for _ in 0..SLICES {
+        base.slice(RUN / SLICES).await;
+        rotating.slice(RUN / SLICES).await;
+    }
+    let (_nginx_base, base) = base.finish().await;
+    let (_nginx, goaway) = rotating.finish().await;
     let ratio = goaway.requests as f64 / base.requests as f64;
     println!(
         "requests with keepalive_requests 200 / with 1000000: {} / {} = {ratio:.3}",
