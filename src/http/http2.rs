@@ -427,7 +427,8 @@ impl<B> Http2Connection<B> {
     /// Resolves when the connection has ended or the server has sent `GOAWAY`: the close
     /// signal for [`PersistentConnectionLayer::close_signal`]. `GOAWAY` and a clean end are
     /// [`Graceful`](CloseReason::Graceful) once the server has answered a request (sent a
-    /// response's `HEADERS`), else
+    /// response's `HEADERS`) or its `GOAWAY` names a stream it took (a last stream id other
+    /// than 0 and the "anything so far" maximum of a two-step shutdown), else
     /// [`GracefulBeforeServing`](CloseReason::GracefulBeforeServing); a reset, an I/O error, a
     /// keep-alive timeout or a `GOAWAY` with an error code is an error. A gRPC server's
     /// complaint of too many pings (`GOAWAY` `ENHANCE_YOUR_CALM`, `too_many_pings`) is
@@ -460,7 +461,7 @@ impl<B> Http2Connection<B> {
                     goaway: false,
                     ..
                 } => CloseReason::Error(Box::new(ArcError(error))),
-                Status { served: true, .. } => CloseReason::Graceful,
+                status if status.has_served() => CloseReason::Graceful,
                 _ => CloseReason::GracefulBeforeServing,
             }
         }

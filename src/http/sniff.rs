@@ -42,6 +42,23 @@ pub(crate) struct Status {
     pub(crate) goaway_frame: Option<GoAway>,
 }
 
+impl Status {
+    /// Whether the server has served on this connection: it sent a response's `HEADERS`, or
+    /// its `GOAWAY` says it took a stream of ours (a last stream id other than 0, and other
+    /// than the maximum, which a two-step shutdown's first `GOAWAY` carries whatever was
+    /// sent). A server that takes a burst of requests and says goodbye in the same breath
+    /// (nginx at `keepalive_requests`) may send its `GOAWAY` before the first response.
+    pub(crate) fn has_served(&self) -> bool {
+        self.served
+            || self.goaway_frame.as_ref().is_some_and(|goaway| {
+                goaway.last_stream_id != 0 && goaway.last_stream_id != MAX_STREAM_ID
+            })
+    }
+}
+
+/// The largest stream id (31 bits).
+const MAX_STREAM_ID: u32 = 0x7fff_ffff;
+
 /// The payload of a `GOAWAY` frame (RFC 9113, 6.8).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct GoAway {
@@ -484,5 +501,23 @@ mod tests {
         // GOAWAY before any response: not served.
         let status = run(&[&frame(0x4, &[]), &frame(GOAWAY, &[0; 8])]);
         assert!(status.goaway && !status.served);
+        assert!(!status.has_served());
+    }
+
+    /// A `GOAWAY` naming a stream the server took counts as having served, also before any
+    /// response arrived (a burst taken and a goodbye in one breath); last stream 0, or the
+    /// maximum of a two-step shutdown's first `GOAWAY`, does not.
+    #[test]
+    fn a_goaway_naming_a_taken_stream_counts_as_served() {
+        let settings = frame(0x4, &[]);
+        let served = |last: u32| {
+            run(&[&settings, &frame(GOAWAY, &goaway_payload(last, 0, b""))]).has_served()
+        };
+        assert!(served(1));
+        assert!(served(399));
+        assert!(!served(0));
+        assert!(!served(0x7fff_ffff));
+        let answered = run(&[&settings, &stream_frame(HEADERS, 1, &[0x88])]);
+        assert!(answered.has_served() && answered.goaway_frame.is_none());
     }
 }
