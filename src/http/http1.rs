@@ -4,7 +4,6 @@
 use std::{
     fmt,
     future::{Future, poll_fn},
-    io,
     marker::PhantomData,
     pin::Pin,
     sync::{
@@ -18,20 +17,18 @@ use http::{HeaderValue, Request, Response, header::HOST};
 use http_body::Body;
 use hyper::{body::Incoming, client::conn::http1};
 use hyper_util::rt::TokioIo;
-use pin_project_lite::pin_project;
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    sync::{OwnedSemaphorePermit, Semaphore, watch},
-};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
 
 use super::{
-    ArcError, Dial, InvalidOrigin, Origin, name_origin, origin_for,
+    ArcError, Dial, InvalidOrigin, Origin, name_origin,
+    observe::{Observed, ReadObserver},
+    origin_for,
     replay::ReplayBody,
     resend::{
         self, Failure, Kept, Latest, Newest, Refusal, ReplayConfig, Resend, h1_closed,
-        is_idempotent, recover,
+        is_idempotent, or_recover,
     },
     sniff::Status,
 };
@@ -177,10 +174,7 @@ where
         Box::pin(async move {
             let stream = address.dial().await?;
             let read = Arc::new(AtomicU64::new(0));
-            let io = TokioIo::new(Counted {
-                io: stream,
-                read: read.clone(),
-            });
+            let io = TokioIo::new(Observed::new(stream, ReadCount(read.clone())));
             let (send, connection) = builder.handshake::<_, ReplayBody<B>>(io).await?;
             let status = Arc::new(watch::Sender::new(Status::default()));
             let ended = status.clone();
@@ -353,18 +347,7 @@ where
         let idempotent = is_idempotent(&request);
         let (request, kept) = Kept::prepare(request, &self.shared.replay, idempotent);
         let sent = send_with(&self.shared, permit, request);
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            match sent.await {
-                Ok(response) => Ok(response),
-                Err(failure) => {
-                    let (number, latest, replay) =
-                        (shared.number, shared.latest.clone(), shared.replay.clone());
-                    drop(shared);
-                    recover(failure, kept, number, latest, replay).await
-                }
-            }
-        })
+        Box::pin(or_recover(sent, kept, self.shared.clone()))
     }
 }
 
@@ -426,6 +409,14 @@ where
         self.number
     }
 
+    fn latest(&self) -> watch::Receiver<Latest<Self>> {
+        self.latest.clone()
+    }
+
+    fn replay_config(&self) -> Arc<ReplayConfig> {
+        self.replay.clone()
+    }
+
     fn refuses_new(&self) -> bool {
         self.status.borrow().ended.is_some()
     }
@@ -454,59 +445,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-pin_project! {
-    /// `io`, counting the bytes read from it.
-    struct Counted<T> {
-        #[pin]
-        io: T,
-        read: Arc<AtomicU64>,
-    }
-}
+/// Counts the bytes read from a connection.
+struct ReadCount(Arc<AtomicU64>);
 
-impl<T: AsyncRead> AsyncRead for Counted<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let result = this.io.poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = result {
-            let read = buf.filled().len().saturating_sub(before) as u64;
-            this.read.fetch_add(read, Ordering::Release);
-        }
-        result
-    }
-}
-
-impl<T: AsyncWrite> AsyncWrite for Counted<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+impl ReadObserver for ReadCount {
+    fn observe(&mut self, bytes: &[u8]) {
+        self.0.fetch_add(bytes.len() as u64, Ordering::Release);
     }
 }
 

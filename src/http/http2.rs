@@ -24,8 +24,8 @@ use super::{
     keep_alive::KeepAliveInterval,
     name_origin, origin_for,
     replay::ReplayBody,
-    resend::{self, Failure, Kept, Latest, Newest, ReplayConfig, Resend, h2_refusal, recover},
-    sniff::{Sniff, Status},
+    resend::{self, Failure, Kept, Latest, Newest, ReplayConfig, Resend, h2_refusal, or_recover},
+    sniff::{FrameWatch, Sniff, Status},
 };
 use crate::{
     BoxError, CloseReason, HealthCheck, OnEvent, PersistentConnection, PersistentConnectionLayer,
@@ -327,9 +327,10 @@ where
                 _ => BoxError::from(error),
             })?;
             let status = Arc::new(watch::Sender::new(Status::default()));
-            let io = TokioIo::new(Sniff::new(stream, status.clone()).on_goaway(Arc::new(
-                move |goaway| keep_alive.on_goaway(interval, goaway),
-            )));
+            let frames = FrameWatch::new(status.clone()).on_goaway(Arc::new(move |goaway| {
+                keep_alive.on_goaway(interval, goaway)
+            }));
+            let io = TokioIo::new(Sniff::new(stream, frames));
             let (send, connection) = builder
                 .handshake::<_, ReplayBody<B>>(io)
                 .await
@@ -514,18 +515,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let (request, kept) = Kept::prepare(request, &self.shared.replay, true);
         let sent = send_on(&mut self.send, &self.shared.origin, request);
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            match sent.await {
-                Ok(response) => Ok(response),
-                Err(failure) => {
-                    let (number, latest, replay) =
-                        (shared.number, shared.latest.clone(), shared.replay.clone());
-                    drop(shared);
-                    recover(failure, kept, number, latest, replay).await
-                }
-            }
-        })
+        Box::pin(or_recover(sent, kept, self.shared.clone()))
     }
 }
 
@@ -567,6 +557,14 @@ where
 
     fn number(&self) -> u64 {
         self.number
+    }
+
+    fn latest(&self) -> watch::Receiver<Latest<Self>> {
+        self.latest.clone()
+    }
+
+    fn replay_config(&self) -> Arc<ReplayConfig> {
+        self.replay.clone()
     }
 
     fn refuses_new(&self) -> bool {

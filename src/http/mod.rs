@@ -106,6 +106,7 @@ mod dial;
 mod http1;
 mod http2;
 mod keep_alive;
+mod observe;
 mod replay;
 mod resend;
 mod sniff;

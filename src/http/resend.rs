@@ -110,6 +110,12 @@ pub(crate) trait Resend: Send + Sync + Sized + 'static {
     /// The connection's number among its connector's connections.
     fn number(&self) -> u64;
 
+    /// The connector's newest connection, watched.
+    fn latest(&self) -> watch::Receiver<Latest<Self>>;
+
+    /// How the connector sends again.
+    fn replay_config(&self) -> Arc<ReplayConfig>;
+
     /// Whether the connection takes no new requests (ended, or the server said goodbye).
     fn refuses_new(&self) -> bool;
 
@@ -381,6 +387,27 @@ where
         match next.send(request).await {
             Ok(response) => return Ok(response),
             Err(next_failure) => failure = next_failure,
+        }
+    }
+}
+
+/// The response to the request sent as `sent` on `connection`; after a failure, what
+/// [`recover`] makes of it. The connection is not kept while a resend waits for the next one.
+pub(crate) async fn or_recover<C: Resend>(
+    sent: impl Future<Output = Result<Response<Incoming>, Failure<C::Body>>>,
+    kept: Kept<C::Body>,
+    connection: Arc<C>,
+) -> Result<Response<Incoming>, BoxError> {
+    match sent.await {
+        Ok(response) => Ok(response),
+        Err(failure) => {
+            let (number, latest, config) = (
+                connection.number(),
+                connection.latest(),
+                connection.replay_config(),
+            );
+            drop(connection);
+            recover(failure, kept, number, latest, config).await
         }
     }
 }

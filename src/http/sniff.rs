@@ -12,18 +12,11 @@
 //! the first bytes of a `GOAWAY`'s payload, as the bytes go by costs a few comparisons per
 //! frame and changes nothing in the stream.
 
-use std::{
-    fmt, io,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::{fmt, sync::Arc};
 
-use pin_project_lite::pin_project;
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    sync::watch,
-};
+use tokio::sync::watch;
+
+use super::observe::{Observed, ReadObserver};
 
 /// What the server has sent so far, and how the connection ended.
 #[derive(Clone, Debug, Default)]
@@ -104,21 +97,19 @@ const GOAWAY_FIXED: usize = 8;
 /// How much of a `GOAWAY`'s debug data is kept.
 pub(crate) const GOAWAY_DEBUG_DATA: usize = 64;
 
-pin_project! {
-    /// `io` with its inbound HTTP/2 frame headers observed.
-    pub(crate) struct Sniff<T> {
-        #[pin]
-        io: T,
-        status: Arc<watch::Sender<Status>>,
-        frames: Frames,
-        on_goaway: Option<OnGoAway>,
-    }
+/// `io` with its inbound HTTP/2 frame headers observed.
+pub(crate) type Sniff<T> = Observed<T, FrameWatch>;
+
+/// Publishes in a [`Status`] what the frames read from a connection say.
+pub(crate) struct FrameWatch {
+    status: Arc<watch::Sender<Status>>,
+    frames: Frames,
+    on_goaway: Option<OnGoAway>,
 }
 
-impl<T> Sniff<T> {
-    pub(crate) fn new(io: T, status: Arc<watch::Sender<Status>>) -> Self {
+impl FrameWatch {
+    pub(crate) fn new(status: Arc<watch::Sender<Status>>) -> Self {
         Self {
-            io,
             status,
             frames: Frames::default(),
             on_goaway: None,
@@ -130,6 +121,13 @@ impl<T> Sniff<T> {
     pub(crate) fn on_goaway(mut self, hook: OnGoAway) -> Self {
         self.on_goaway = Some(hook);
         self
+    }
+}
+
+impl ReadObserver for FrameWatch {
+    fn observe(&mut self, bytes: &[u8]) {
+        self.frames
+            .observe(bytes, &self.status, self.on_goaway.as_ref());
     }
 }
 
@@ -232,56 +230,6 @@ fn publish_goaway(
         }
         changed
     });
-}
-
-impl<T: AsyncRead> AsyncRead for Sniff<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let result = this.io.poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = result {
-            this.frames.observe(
-                &buf.filled()[before..],
-                this.status,
-                this.on_goaway.as_ref(),
-            );
-        }
-        result
-    }
-}
-
-impl<T: AsyncWrite> AsyncWrite for Sniff<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,79 @@
+//! [`Observed`]: an I/O whose inbound bytes an observer sees as they go by, unchanged; writes
+//! pass straight through. The HTTP/2 connector watches frame headers with it
+//! ([`FrameWatch`](super::sniff::FrameWatch)), the HTTP/1 connector counts the bytes read.
+
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Sees the bytes read from an [`Observed`] I/O.
+pub(crate) trait ReadObserver {
+    /// Called with each chunk read, in order.
+    fn observe(&mut self, bytes: &[u8]);
+}
+
+pin_project! {
+    /// `io` with its inbound bytes shown to `observer`.
+    pub(crate) struct Observed<T, O> {
+        #[pin]
+        io: T,
+        observer: O,
+    }
+}
+
+impl<T, O> Observed<T, O> {
+    pub(crate) fn new(io: T, observer: O) -> Self {
+        Self { io, observer }
+    }
+}
+
+impl<T: AsyncRead, O: ReadObserver> AsyncRead for Observed<T, O> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let result = this.io.poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            this.observer.observe(&buf.filled()[before..]);
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite, O> AsyncWrite for Observed<T, O> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
