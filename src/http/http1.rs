@@ -27,7 +27,7 @@ use super::{
     origin_for,
     replay::ReplayBody,
     resend::{
-        self, Failure, Kept, Latest, Newest, Refusal, ReplayConfig, Resend, h1_closed,
+        self, Failure, Kept, Lineage, Newest, Refusal, ReplayConfig, Resend, h1_closed,
         is_idempotent, or_recover,
     },
     sniff::Status,
@@ -207,9 +207,11 @@ where
                     permits,
                     host,
                     status,
-                    number,
-                    latest: newest,
-                    replay,
+                    lineage: Lineage {
+                        number,
+                        latest: newest,
+                        config: replay,
+                    },
                     read,
                     responses: AtomicU64::new(0),
                 })
@@ -227,11 +229,8 @@ struct Shared<B> {
     permits: Arc<Semaphore>,
     host: HeaderValue,
     status: Arc<watch::Sender<Status>>,
-    /// This connection's number among its connector's connections.
-    number: u64,
-    /// The connector's newest connection, for requests this one refuses.
-    latest: watch::Receiver<Latest<Self>>,
-    replay: Arc<ReplayConfig>,
+    /// Its number, and the connector's newest connection, for requests this one refuses.
+    lineage: Lineage<Self>,
     /// Bytes read from the server so far.
     read: Arc<AtomicU64>,
     /// Responses (heads) received so far.
@@ -309,7 +308,7 @@ impl<B> Clone for Http1Connection<B> {
 impl<B> fmt::Debug for Http1Connection<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Http1Connection")
-            .field("number", &self.shared.number)
+            .field("number", &self.shared.lineage.number)
             .field("has_permit", &self.permit.is_some())
             .field("closed", &self.is_closed())
             .finish()
@@ -345,7 +344,7 @@ where
         };
         // Only an idempotent request can need its head and body again after being written.
         let idempotent = is_idempotent(&request);
-        let (request, kept) = Kept::prepare(request, &self.shared.replay, idempotent);
+        let (request, kept) = Kept::prepare(request, &self.shared.lineage.config, idempotent);
         let sent = send_with(&self.shared, permit, request);
         Box::pin(or_recover(sent, kept, self.shared.clone()))
     }
@@ -405,16 +404,8 @@ where
 {
     type Body = B;
 
-    fn number(&self) -> u64 {
-        self.number
-    }
-
-    fn latest(&self) -> watch::Receiver<Latest<Self>> {
-        self.latest.clone()
-    }
-
-    fn replay_config(&self) -> Arc<ReplayConfig> {
-        self.replay.clone()
+    fn lineage(&self) -> &Lineage<Self> {
+        &self.lineage
     }
 
     fn refuses_new(&self) -> bool {

@@ -24,7 +24,7 @@ use super::{
     keep_alive::KeepAliveInterval,
     name_origin, origin_for,
     replay::ReplayBody,
-    resend::{self, Failure, Kept, Latest, Newest, ReplayConfig, Resend, h2_refusal, or_recover},
+    resend::{self, Failure, Kept, Lineage, Newest, ReplayConfig, Resend, h2_refusal, or_recover},
     sniff::{FrameWatch, Sniff, Status},
 };
 use crate::{
@@ -362,9 +362,11 @@ where
                     send: Mutex::new(send.clone()),
                     origin,
                     status: observed,
-                    number,
-                    latest: newest,
-                    replay,
+                    lineage: Lineage {
+                        number,
+                        latest: newest,
+                        config: replay,
+                    },
                 })
             })?;
             Ok(Http2Connection { send, shared })
@@ -417,11 +419,8 @@ struct Shared<B> {
     send: Mutex<http2::SendRequest<ReplayBody<B>>>,
     origin: Arc<Origin>,
     status: watch::Receiver<Status>,
-    /// This connection's number among its connector's connections.
-    number: u64,
-    /// The connector's newest connection, for requests this one refuses.
-    latest: watch::Receiver<Latest<Self>>,
-    replay: Arc<ReplayConfig>,
+    /// Its number, and the connector's newest connection, for requests this one refuses.
+    lineage: Lineage<Self>,
 }
 
 impl<B> Http2Connection<B> {
@@ -487,7 +486,7 @@ impl<B> fmt::Debug for Http2Connection<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Http2Connection")
             .field("origin", &self.shared.origin)
-            .field("number", &self.shared.number)
+            .field("number", &self.shared.lineage.number)
             .field("closed", &self.is_closed())
             .finish()
     }
@@ -513,7 +512,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let (request, kept) = Kept::prepare(request, &self.shared.replay, true);
+        let (request, kept) = Kept::prepare(request, &self.shared.lineage.config, true);
         let sent = send_on(&mut self.send, &self.shared.origin, request);
         Box::pin(or_recover(sent, kept, self.shared.clone()))
     }
@@ -555,16 +554,8 @@ where
 {
     type Body = B;
 
-    fn number(&self) -> u64 {
-        self.number
-    }
-
-    fn latest(&self) -> watch::Receiver<Latest<Self>> {
-        self.latest.clone()
-    }
-
-    fn replay_config(&self) -> Arc<ReplayConfig> {
-        self.replay.clone()
+    fn lineage(&self) -> &Lineage<Self> {
+        &self.lineage
     }
 
     fn refuses_new(&self) -> bool {

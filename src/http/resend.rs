@@ -102,19 +102,24 @@ pub(crate) fn publish<C>(
     made.ok_or_else(|| "the connection was not made".into())
 }
 
+/// Where a connection stands among its connector's connections: what a request it refused
+/// needs to find the next one.
+pub(crate) struct Lineage<C> {
+    /// The connection's number among its connector's connections.
+    pub(crate) number: u64,
+    /// The connector's newest connection, watched.
+    pub(crate) latest: watch::Receiver<Latest<C>>,
+    /// How the connector sends again.
+    pub(crate) config: Arc<ReplayConfig>,
+}
+
 /// A connection that can take a request sent again.
 pub(crate) trait Resend: Send + Sync + Sized + 'static {
     /// The body type of its requests.
     type Body: Send + 'static;
 
-    /// The connection's number among its connector's connections.
-    fn number(&self) -> u64;
-
-    /// The connector's newest connection, watched.
-    fn latest(&self) -> watch::Receiver<Latest<Self>>;
-
-    /// How the connector sends again.
-    fn replay_config(&self) -> Arc<ReplayConfig>;
+    /// Where the connection stands among its connector's connections.
+    fn lineage(&self) -> &Lineage<Self>;
 
     /// Whether the connection takes no new requests (ended, or the server said goodbye).
     fn refuses_new(&self) -> bool;
@@ -383,7 +388,7 @@ where
             replay = replays,
             "the server did not process the request: sending it again on the next connection",
         );
-        number = next.number();
+        number = next.lineage().number;
         match next.send(request).await {
             Ok(response) => return Ok(response),
             Err(next_failure) => failure = next_failure,
@@ -401,10 +406,11 @@ pub(crate) async fn or_recover<C: Resend>(
     match sent.await {
         Ok(response) => Ok(response),
         Err(failure) => {
+            let lineage = connection.lineage();
             let (number, latest, config) = (
-                connection.number(),
-                connection.latest(),
-                connection.replay_config(),
+                lineage.number,
+                lineage.latest.clone(),
+                lineage.config.clone(),
             );
             drop(connection);
             recover(failure, kept, number, latest, config).await
