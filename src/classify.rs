@@ -132,7 +132,6 @@
 use std::{
     fmt,
     future::Future,
-    panic::AssertUnwindSafe,
     pin::Pin,
     sync::{
         Arc,
@@ -149,7 +148,6 @@ use tower_service::Service;
 use crate::{
     BoxError,
     close::{CloseReason, CloseSignal},
-    driver::panic_message,
 };
 
 // === ClassifyLayer ===
@@ -473,14 +471,13 @@ where
         let this = self.project();
         let outcome = ready!(this.future.poll(cx));
         let predicate = &this.shared.predicate;
-        let dead = std::panic::catch_unwind(AssertUnwindSafe(|| predicate(outcome.as_ref())))
-            .unwrap_or_else(|panic| {
-                tracing::warn!(
-                    panic = %panic_message(&*panic),
-                    "the disconnect classifier panicked: the outcome counts as not dead",
-                );
-                false
-            });
+        let dead = crate::panic::catch(|| predicate(outcome.as_ref())).unwrap_or_else(|panic| {
+            tracing::warn!(
+                %panic,
+                "the disconnect classifier panicked: the outcome counts as not dead",
+            );
+            false
+        });
         let outcome = outcome.map_err(Into::into);
         if dead {
             this.shared.mark(|| match &outcome {

@@ -34,11 +34,9 @@
 //! and wakes every waiter, so no caller is left `Pending` forever.
 
 use std::{
-    any::Any,
     convert::Infallible,
     fmt,
     future::{Future, poll_fn},
-    panic::AssertUnwindSafe,
     pin::Pin,
     sync::Arc as StdArc,
     time::Duration,
@@ -55,27 +53,17 @@ use tracing::{debug, info, trace, warn};
 use crate::{
     BoxError,
     close::{CloseReason, CloseSignal},
+    command::Command,
     discover::GetAddress,
     error::ConnectError,
     event::{Event, OnEvent},
     health::{HealthCheck, NotServing},
+    panic::{self, Guarded, guarded},
     retry::{Backoff, RetryContext},
     shared::{Ending, Shared, Word},
     state::State,
     sync::Arc,
 };
-
-/// What service clones and handles tell the driver.
-pub(crate) enum Command {
-    /// A clone's `poll_ready` on the connection published as `word` failed.
-    Failed { word: Word, error: BoxError },
-    /// Stop now (the shared state is already closed by the sender).
-    Close,
-    /// Stop once the current connection ends; stop now if there is none.
-    CloseAfterCurrent,
-    /// Skip the rest of the current retry delay (or the next one, if an attempt is running).
-    ReconnectNow,
-}
 
 /// Why the driver stopped.
 #[derive(Debug, Clone, Copy)]
@@ -192,18 +180,6 @@ pub(crate) struct Connection<S, C: CloseSignal<S>> {
     closed: Guarded<C::Future>,
 }
 
-/// A user future whose panic is caught.
-type Guarded<F> = futures_util::future::CatchUnwind<AssertUnwindSafe<F>>;
-
-/// Calls user code that returns a future: a panic in the call is caught now (its message is
-/// the error), one in the future when it is polled.
-fn guarded<F: Future>(call: impl FnOnce() -> F) -> Result<Guarded<F>, String> {
-    match std::panic::catch_unwind(AssertUnwindSafe(call)) {
-        Ok(future) => Ok(AssertUnwindSafe(future).catch_unwind()),
-        Err(panic) => Err(panic_message(&*panic)),
-    }
-}
-
 /// Runs one step of an attempt, user code that returns a future (`call`, called now), until
 /// `deadline`: a panic (in the call or its future) and the deadline are failed attempts, like
 /// the step's own error, which `error` maps.
@@ -221,7 +197,7 @@ where
         let future = future.map_err(|panic| ConnectError::panic(&panic))?;
         match timeout_at(deadline, future).await {
             Err(_elapsed) => Err(ConnectError::timeout(timeout)),
-            Ok(Err(panic)) => Err(ConnectError::panic(&panic_message(&*panic))),
+            Ok(Err(panic)) => Err(ConnectError::panic(&panic::message(&*panic))),
             Ok(Ok(result)) => result.map_err(error),
         }
     }
@@ -259,7 +235,7 @@ enum Served<A, S, C: CloseSignal<S>> {
 /// The reason a close signal gave, or the panic it ended with.
 fn signal_reason(reason: std::thread::Result<CloseReason>) -> CloseReason {
     reason.unwrap_or_else(|panic| {
-        CloseReason::Error(format!("close signal panicked: {}", panic_message(&*panic)).into())
+        CloseReason::Error(format!("close signal panicked: {}", panic::message(&*panic)).into())
     })
 }
 
@@ -884,12 +860,11 @@ where
     /// Tells the hook about `state`.
     fn report_state(&self, state: State) {
         let on_event = &self.on_event;
-        if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| on_event.on_state(state)))
-        {
+        if let Err(panic) = panic::catch(|| on_event.on_state(state)) {
             warn!(
                 persistent_connection_to = %self.shared.server_name,
                 ?state,
-                panic = %panic_message(&*panic),
+                %panic,
                 "on_state panicked; the driver carries on",
             );
         }
@@ -922,12 +897,11 @@ where
             Event::Disconnected => {}
         }
         let on_event = &self.on_event;
-        if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| on_event.on_event(&event)))
-        {
+        if let Err(panic) = panic::catch(|| on_event.on_event(&event)) {
             warn!(
                 persistent_connection_to = %name,
                 event = event.name(),
-                panic = %panic_message(&*panic),
+                %panic,
                 "on_event panicked; the event is dropped and the driver carries on",
             );
         }
@@ -1014,17 +988,6 @@ impl<S> Drop for EndGuard<S> {
         let (_, connection) = self.0.close();
         drop(connection);
         self.0.set_ended();
-    }
-}
-
-/// The text of a caught panic's payload.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(message) = payload.downcast_ref::<&str>() {
-        (*message).to_owned()
-    } else if let Some(message) = payload.downcast_ref::<String>() {
-        message.clone()
-    } else {
-        "a panic with a non-string payload".to_owned()
     }
 }
 

@@ -10,7 +10,7 @@ use futures_util::Stream;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::{
-    driver::Command,
+    command::Command,
     error::{Closed, ConnectError},
     shared::{Shared, WaiterSlot},
     state::State,

@@ -322,6 +322,7 @@
 mod bus;
 pub mod classify;
 mod close;
+mod command;
 mod discover;
 mod driver;
 mod error;
@@ -336,6 +337,7 @@ mod load;
 #[cfg(all(test, loom))]
 mod loom_tests;
 mod metrics;
+mod panic;
 mod retry;
 mod service;
 mod shared;

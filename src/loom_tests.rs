@@ -45,7 +45,7 @@ use tower_service::Service;
 
 use crate::{
     BoxError, Closed,
-    driver::Command,
+    command::Command,
     service::PersistentConnection,
     shared::{Shared, Word},
     sync::Arc,

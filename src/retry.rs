@@ -25,7 +25,7 @@
 //!
 //! [`Handle::connected_or_failed_to_connect`]: crate::Handle::connected_or_failed_to_connect
 
-use std::{fmt, panic::AssertUnwindSafe, sync::Arc, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -393,19 +393,18 @@ impl Backoff {
         context: &RetryContext<'_>,
     ) -> Option<Duration> {
         let policy = &self.policy;
-        let mut delay =
-            match std::panic::catch_unwind(AssertUnwindSafe(|| policy.next_delay(context))) {
-                Ok(delay) => delay?,
-                Err(panic) => {
-                    tracing::warn!(
-                        persistent_connection_to = %server_name,
-                        panic = %crate::driver::panic_message(&*panic),
-                        default = ?DEFAULT_RETRY_DELAY,
-                        "the retry policy panicked; using the default delay",
-                    );
-                    DEFAULT_RETRY_DELAY
-                }
-            };
+        let mut delay = match crate::panic::catch(|| policy.next_delay(context)) {
+            Ok(delay) => delay?,
+            Err(panic) => {
+                tracing::warn!(
+                    persistent_connection_to = %server_name,
+                    %panic,
+                    default = ?DEFAULT_RETRY_DELAY,
+                    "the retry policy panicked; using the default delay",
+                );
+                DEFAULT_RETRY_DELAY
+            }
+        };
         if delay > MAX_RETRY_DELAY {
             if !self.warned {
                 self.warned = true;

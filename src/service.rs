@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use crate::{
     BoxError,
-    driver::Command,
+    command::Command,
     error::{Closed, NotReady},
     handle::Handle,
     shared::{Shared, WaiterSlot, Word},
