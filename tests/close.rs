@@ -41,17 +41,6 @@ async fn send(
     .await
 }
 
-/// Awaits `future` (`what`); fails the test if it is still pending after an hour. Unlike
-/// `tokio::time::timeout`, this does not poll `future` once more when the hour is up, so a
-/// lost wake-up is a failure rather than a late success.
-async fn within_an_hour<F: Future>(what: &str, future: F) -> F::Output {
-    tokio::select! {
-        biased;
-        () = tokio::time::sleep(HOUR) => panic!("{what} is still pending after an hour"),
-        output = future => output,
-    }
-}
-
 /// Polls `svc`'s `poll_ready` once and expects `Err(Closed)`.
 fn assert_poll_ready_is_closed(svc: &mut PersistentConnection<Conn>) {
     let mut ready = task::spawn(poll_fn(|cx| Service::<String>::poll_ready(svc, cx)));

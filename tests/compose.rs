@@ -2,8 +2,6 @@
 //! stack, and the `ServiceExt` helpers, over the persistent connection.
 mod support;
 
-use std::future::Future;
-
 use futures_util::{StreamExt as _, stream};
 use persistent_connection::{
     BoxError, CloseSignal, Closed, PersistentConnection, PersistentConnectionLayer,
@@ -31,16 +29,6 @@ fn layer() -> PersistentConnectionLayer<Addr, (), impl CloseSignal<Conn>> {
 /// outage from the start.
 fn down_for_ten_seconds() -> Maker {
     Maker::new([Plan::Fail("refused")], Plan::Connect)
-}
-
-/// Awaits `future` (`what`); fails the test if it is still pending after an hour, rather than
-/// hanging it (with paused time and nothing left to do, a lost wake-up would hang).
-async fn within_an_hour<F: Future>(what: &str, future: F) -> F::Output {
-    tokio::select! {
-        biased;
-        () = tokio::time::sleep(secs(3600)) => panic!("{what} is still pending after an hour"),
-        output = future => output,
-    }
 }
 
 /// Waits until `svc` is ready, sends `req`, and awaits the response.

@@ -50,8 +50,9 @@ type Svc = PersistentConnection<Conn>;
 /// A generous bound on anything that should happen "at once" on localhost.
 const SOON: Duration = Duration::from_secs(3);
 
-/// Slack for timings measured on a loaded two-core machine.
-const SLACK: Duration = Duration::from_millis(250);
+/// Slack for timings measured on a loaded two-core machine: wide, so that a busy machine does
+/// not fail a test; each test prints the figure it measured.
+const SLACK: Duration = Duration::from_secs(1);
 
 // === events ===
 
@@ -404,7 +405,9 @@ async fn s04_accept_then_close_is_never_connected_and_attempts_at_most_once_per_
 /// the last attempt start is older than the delay; never two live connections".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s05_server_dies_mid_use_fin_fails_the_call_in_flight_and_reconnects_at_once() {
-    const DELAY: Duration = Duration::from_millis(600);
+    // Long enough that "at once" (< DELAY / 2) and "after the delay" stay apart on a busy
+    // machine.
+    const DELAY: Duration = Duration::from_secs(3);
     let server = H2Server::start("replica-1").await;
     let proxy = FaultProxy::start(server.addr()).await;
     let (layer, mut attempts, mut events) = layer(proxy.addr(), DELAY);
@@ -477,7 +480,9 @@ async fn s05_server_dies_mid_use_fin_fails_the_call_in_flight_and_reconnects_at_
 /// event / disconnect reason".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s06_connection_reset_fails_the_call_in_flight_with_the_reset_and_reconnects_at_once() {
-    const DELAY: Duration = Duration::from_millis(600);
+    // Long enough that "at once" (< DELAY / 2) and "after the delay" stay apart on a busy
+    // machine.
+    const DELAY: Duration = Duration::from_secs(3);
     let server = H2Server::start("replica-1").await;
     let proxy = FaultProxy::start(server.addr()).await;
     let (layer, mut attempts, mut events) = layer(proxy.addr(), DELAY);

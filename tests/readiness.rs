@@ -63,17 +63,6 @@ where
     .await
 }
 
-/// Awaits `future` (`what`); fails the test if it is still pending after an hour. Unlike
-/// `tokio::time::timeout`, this does not poll `future` once more when the hour is up, so a
-/// lost wake-up is a failure rather than a late success.
-async fn within_an_hour<F: Future>(what: &str, future: F) -> F::Output {
-    tokio::select! {
-        biased;
-        () = tokio::time::sleep(secs(3600)) => panic!("{what} is still pending after an hour"),
-        output = future => output,
-    }
-}
-
 /// While the maker fails, `poll_ready` is `Pending` and has registered the task's waker: the
 /// task is woken by the connection that arrives at the next attempt, and is then `Ready`.
 #[tokio::test(start_paused = true)]

@@ -19,7 +19,7 @@ use std::{
 use persistent_connection::{
     BoxError, Closed, Event, PersistentConnection, PersistentConnectionLayer, State,
 };
-use support::{Addr, Conn, Events, Maker, Plan, ms, secs, settle};
+use support::{Addr, Conn, Events, Maker, Plan, ms, secs, settle, within_an_hour};
 use tokio::time::{Instant, advance, sleep};
 use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
 use tower::{Layer, Service, ServiceExt};
@@ -30,16 +30,6 @@ const HOUR: Duration = Duration::from_secs(3600);
 const DELAY: Duration = Duration::from_secs(10);
 
 // === Helpers ===
-
-/// Awaits `future` (`what`); fails the test if it is still pending after an hour, rather than
-/// hanging it.
-async fn within_an_hour<F: Future>(what: &str, future: F) -> F::Output {
-    tokio::select! {
-        biased;
-        output = future => output,
-        () = sleep(HOUR) => panic!("{what} is still pending after an hour"),
-    }
-}
 
 /// A layer to the fixed address `"a"` with a 10 s retry delay and no jitter.
 fn layer() -> PersistentConnectionLayer<Addr> {

@@ -476,6 +476,23 @@ pub async fn settle() {
     }
 }
 
+/// Awaits `future` for at most an hour of (paused) time; panics naming `what` if it is still
+/// pending then.
+///
+/// The timer is polled first: when the hour has passed, the test fails even if the future
+/// would be ready on one more poll. So a future that misses a wake-up (it is ready, but nobody
+/// woke its task) fails the test instead of passing an hour late, which a future-first select
+/// would hide.
+pub async fn within_an_hour<F: Future>(what: &str, future: F) -> F::Output {
+    tokio::select! {
+        biased;
+        () = tokio::time::sleep(Duration::from_secs(3600)) => {
+            panic!("{what} is still pending after an hour")
+        }
+        output = future => output,
+    }
+}
+
 pub fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
