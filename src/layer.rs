@@ -18,7 +18,7 @@ use crate::{
     BoxError,
     close::CloseSignal,
     discover::{self, GetAddress},
-    driver::{Cycle, Driver, EndGuard, Inbox, Streak},
+    driver::{Driver, Settings},
     error::InvalidJitter,
     event::OnEvent,
     health::HealthCheck,
@@ -423,30 +423,26 @@ where
                 .with_request_counters(config.request_counters.clone()),
         );
         let (commands, inbox) = mpsc::unbounded_channel();
-        let driver = Driver {
-            shared: shared.clone(),
-            inbox: Inbox::new(inbox),
-            maker: Some(maker),
-            get_address: config.get_address.clone(),
-            backoff: Backoff::new(
+        let driver = Driver::new(
+            shared.clone(),
+            inbox,
+            maker,
+            config.get_address.clone(),
+            Backoff::new(
                 config.retry_policy.clone(),
                 config.jitter,
                 config.rng_seed.map(|seed| (seed, index)),
             ),
-            connect_timeout: config.connect_timeout,
-            flap_guard: config.flap_guard,
-            health_check_interval: config.health_check_interval,
-            max_connection_age: config.max_connection_age,
-            on_event: self.on_event.clone(),
-            close_signal: self.close_signal.clone(),
-            health_check: self.health_check.clone(),
-            close_after_current: false,
-            streak: Streak::default(),
-            next_delay: None,
-            cycle: Cycle::default(),
-            in_flight: None,
-            _end: EndGuard(shared.clone()),
-        };
+            Settings {
+                connect_timeout: config.connect_timeout,
+                flap_guard: config.flap_guard,
+                health_check_interval: config.health_check_interval,
+                max_connection_age: config.max_connection_age,
+            },
+            self.on_event.clone(),
+            self.close_signal.clone(),
+            self.health_check.clone(),
+        );
         runtime.spawn(driver.run());
         PersistentConnection::new(shared, commands)
     }

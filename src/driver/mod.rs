@@ -33,23 +33,27 @@
 //! runtime, its [`EndGuard`] closes the shared state, drops the shared copy of the connection
 //! and wakes every waiter, so no caller is left `Pending` forever.
 
-use std::{
-    convert::Infallible,
-    fmt,
-    future::{Future, poll_fn},
-    pin::Pin,
-    sync::Arc as StdArc,
-    time::Duration,
-};
+mod attempt;
+mod inbox;
+mod report;
+mod retry;
+
+use std::{convert::Infallible, fmt, future::Future, time::Duration};
 
 use futures_util::FutureExt as _;
 use tokio::{
     sync::mpsc::UnboundedReceiver,
-    time::{Instant, sleep_until, timeout_at},
+    time::{Instant, sleep_until},
 };
 use tower_service::Service;
 use tracing::{debug, info, trace, warn};
 
+use self::{
+    attempt::{AttemptFuture, Connection, Dialer, bounded, is_not_serving_error},
+    inbox::Inbox,
+    report::Reporter,
+    retry::{GaveUp, Retry},
+};
 use crate::{
     BoxError,
     close::{CloseReason, CloseSignal},
@@ -57,13 +61,26 @@ use crate::{
     discover::GetAddress,
     error::ConnectError,
     event::{Event, OnEvent},
-    health::{HealthCheck, NotServing},
-    panic::{self, Guarded, guarded},
-    retry::{Backoff, RetryContext},
+    health::HealthCheck,
+    panic,
+    retry::Backoff,
     shared::{Ending, Shared, Word},
     state::State,
     sync::Arc,
 };
+
+/// What a driver is told by the layer, besides its maker and hooks.
+pub(crate) struct Settings {
+    /// Bounds discovery plus connect plus the first health check of one attempt.
+    pub(crate) connect_timeout: Duration,
+    /// A connection that lived at least this long resets the retry policy's failure count,
+    /// and its goodbye is not a failure even if it served nothing.
+    pub(crate) flap_guard: Duration,
+    /// How often to check a live connection's health, if at all.
+    pub(crate) health_check_interval: Option<Duration>,
+    /// Replace a connection make-before-break once it is this old (jittered), if set.
+    pub(crate) max_connection_age: Option<Duration>,
+}
 
 /// Why the driver stopped.
 #[derive(Debug, Clone, Copy)]
@@ -86,120 +103,30 @@ impl fmt::Display for Stop {
     }
 }
 
-/// The result of a whole attempt run as one future (a rotation's, started while serving): the
-/// maker handed back, and the address with the new connection, or the failure.
-type AttemptOutput<A, M, C> = (
-    M,
-    Result<(A, Connection<<M as Service<A>>::Response, C>), ConnectError>,
-);
-
-/// A whole attempt as one future, owning the maker while it runs.
-type AttemptFuture<A, M, C> = Pin<Box<dyn Future<Output = AttemptOutput<A, M, C>> + Send>>;
-
 /// Everything one driver owns. `M` is the maker, `E` the event hook, `C` the close signal,
 /// `H` the health check.
 pub(crate) struct Driver<A, M: Service<A>, E, C: CloseSignal<M::Response>, H> {
-    pub(crate) shared: Arc<Shared<M::Response>>,
-    pub(crate) inbox: Inbox,
+    shared: Arc<Shared<M::Response>>,
+    inbox: Inbox,
     /// The maker; `None` while a rotation's attempt owns it (see `in_flight`).
-    pub(crate) maker: Option<M>,
-    pub(crate) get_address: GetAddress<A>,
-    pub(crate) backoff: Backoff,
-    pub(crate) connect_timeout: Duration,
-    /// A connection that lived at least this long resets the retry policy's failure count,
-    /// and its goodbye is not a failure even if it served nothing.
-    pub(crate) flap_guard: Duration,
-    /// How often to check a live connection's health, if at all.
-    pub(crate) health_check_interval: Option<Duration>,
-    /// Replace a connection make-before-break once it is this old (jittered), if set.
-    pub(crate) max_connection_age: Option<Duration>,
-    pub(crate) on_event: std::sync::Arc<E>,
-    pub(crate) close_signal: std::sync::Arc<C>,
-    pub(crate) health_check: std::sync::Arc<H>,
-    pub(crate) close_after_current: bool,
-    /// What the retry policy is told: failures in a row, the last connection's life.
-    pub(crate) streak: Streak,
-    /// The delay the policy chose after the last failure or disconnect, for the next attempt
-    /// (unless `reconnect_now` resets the policy first).
-    pub(crate) next_delay: Option<Duration>,
-    /// De-duplication state of the current cycle.
-    pub(crate) cycle: Cycle<A>,
+    maker: Option<M>,
+    get_address: GetAddress<A>,
+    settings: Settings,
+    retry: Retry,
+    report: Reporter<A, M::Response, E>,
+    close_signal: std::sync::Arc<C>,
+    health_check: std::sync::Arc<H>,
+    close_after_current: bool,
     /// A rotation's attempt that was still running when the connection it was to replace
     /// ended: the next cycle's first attempt.
-    pub(crate) in_flight: Option<AttemptFuture<A, M, C>>,
+    in_flight: Option<AttemptFuture<A, M, C>>,
     /// Declared last so it runs after everything else the driver owns has been dropped.
-    pub(crate) _end: EndGuard<M::Response>,
+    _end: EndGuard<M::Response>,
 }
 
-/// The last address and error text reported in this cycle (events S5).
-pub(crate) struct Cycle<A> {
-    address: Option<A>,
-    error: Option<String>,
-}
-
-impl<A> Default for Cycle<A> {
-    fn default() -> Self {
-        Self {
-            address: None,
-            error: None,
-        }
-    }
-}
-
-/// The retry policy's view of the recent past; see [`RetryContext`].
-#[derive(Default)]
-pub(crate) struct Streak {
-    failures: u32,
-    last_connected_for: Option<Duration>,
-    last_error: Option<ConnectError>,
-}
-
-impl Streak {
-    fn context(&self) -> RetryContext<'_> {
-        RetryContext::new(
-            self.failures,
-            self.last_connected_for,
-            self.last_error.as_ref(),
-        )
-    }
-
-    fn failed(&mut self, error: ConnectError) {
-        self.failures = self.failures.saturating_add(1);
-        self.last_error = Some(error);
-    }
-
-    fn reset(&mut self) {
-        self.failures = 0;
-        self.last_error = None;
-    }
-}
-
-/// A new connection and the future of its close signal (a panic in it is caught).
-pub(crate) struct Connection<S, C: CloseSignal<S>> {
-    service: S,
-    closed: Guarded<C::Future>,
-}
-
-/// Runs one step of an attempt, user code that returns a future (`call`, called now), until
-/// `deadline`: a panic (in the call or its future) and the deadline are failed attempts, like
-/// the step's own error, which `error` maps.
-fn bounded<T, E, F>(
-    deadline: Instant,
-    timeout: Duration,
-    call: impl FnOnce() -> F,
-    error: impl FnOnce(E) -> ConnectError,
-) -> impl Future<Output = Result<T, ConnectError>>
-where
-    F: Future<Output = Result<T, E>>,
-{
-    let future = guarded(call);
-    async move {
-        let future = future.map_err(|panic| ConnectError::panic(&panic))?;
-        match timeout_at(deadline, future).await {
-            Err(_elapsed) => Err(ConnectError::timeout(timeout)),
-            Ok(Err(panic)) => Err(ConnectError::panic(&panic::message(&*panic))),
-            Ok(Ok(result)) => result.map_err(error),
-        }
+impl From<GaveUp> for Stop {
+    fn from(_: GaveUp) -> Self {
+        Self::GaveUp
     }
 }
 
@@ -264,90 +191,6 @@ impl fmt::Display for Disconnect {
     }
 }
 
-/// What connecting needs besides the maker, owned, so an attempt can run beside the driver.
-struct Dialer<C, H> {
-    health_check: StdArc<H>,
-    close_signal: StdArc<C>,
-    /// The health check interval: a new connection whose server answers "not serving" is
-    /// checked again after it, within the attempt's deadline.
-    recheck: Option<Duration>,
-    timeout: Duration,
-}
-
-impl<C, H> Dialer<C, H> {
-    /// The maker's `call`, then the health check, then the close signal; all within
-    /// `deadline`. Hands the maker back with the outcome.
-    async fn connect<A, M>(
-        self,
-        mut maker: M,
-        address: A,
-        deadline: Instant,
-    ) -> (M, Result<Connection<M::Response, C>, ConnectError>)
-    where
-        M: Service<A>,
-        M::Error: Into<BoxError>,
-        C: CloseSignal<M::Response>,
-        H: HealthCheck<M::Response>,
-    {
-        let outcome = self.connect_with(&mut maker, address, deadline).await;
-        (maker, outcome)
-    }
-
-    async fn connect_with<A, M>(
-        &self,
-        maker: &mut M,
-        address: A,
-        deadline: Instant,
-    ) -> Result<Connection<M::Response, C>, ConnectError>
-    where
-        M: Service<A>,
-        M::Error: Into<BoxError>,
-        C: CloseSignal<M::Response>,
-        H: HealthCheck<M::Response>,
-    {
-        let connection = bounded(
-            deadline,
-            self.timeout,
-            move || async move {
-                poll_fn(|cx| maker.poll_ready(cx)).await?;
-                maker.call(address).await
-            },
-            |error: M::Error| ConnectError::connect(error.into()),
-        )
-        .await?;
-
-        // ## Connected? Not before the health check passes. A server that answers "not
-        // serving" is asked again at the check interval, within the deadline.
-        loop {
-            let checked = bounded(
-                deadline,
-                self.timeout,
-                || self.health_check.check(&connection),
-                ConnectError::health_check,
-            )
-            .await;
-            match (checked, self.recheck) {
-                (Ok(()), _) => break,
-                (Err(error), Some(interval))
-                    if is_not_serving_error(&error) && Instant::now() + interval < deadline =>
-                {
-                    tokio::time::sleep(interval).await;
-                }
-                (Err(error), _) => return Err(error),
-            }
-        }
-
-        // A panic in the close signal's closure fails the attempt at once; one in its future
-        // ends the connection later, as an error.
-        let closed = guarded(|| self.close_signal.closed(&connection))
-            .map_err(|panic| ConnectError::panic(&panic))?;
-        Ok(Connection {
-            service: connection,
-            closed,
-        })
-    }
-}
-
 // === impl Driver ===
 
 impl<A, M, E, C, H> Driver<A, M, E, C, H>
@@ -361,17 +204,46 @@ where
     C: CloseSignal<M::Response>,
     H: HealthCheck<M::Response>,
 {
+    /// A driver for `maker`, reporting to `shared` and taking commands from `commands`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        shared: Arc<Shared<M::Response>>,
+        commands: UnboundedReceiver<Command>,
+        maker: M,
+        get_address: GetAddress<A>,
+        backoff: Backoff,
+        settings: Settings,
+        on_event: std::sync::Arc<E>,
+        close_signal: std::sync::Arc<C>,
+        health_check: std::sync::Arc<H>,
+    ) -> Self {
+        Self {
+            report: Reporter::new(shared.clone(), on_event),
+            _end: EndGuard(shared.clone()),
+            shared,
+            inbox: Inbox::new(commands),
+            maker: Some(maker),
+            get_address,
+            settings,
+            retry: Retry::new(backoff),
+            close_signal,
+            health_check,
+            close_after_current: false,
+            in_flight: None,
+        }
+    }
+
     /// Runs cycles until the driver stops.
     pub(crate) async fn run(mut self) {
         let Err(stop) = self.run_cycles().await;
         // Closed before the hook hears it, so the state it is told matches the handle's.
         drop(self.shared.close().1);
-        self.set_state(State::Closed);
+        self.report.enter(State::Closed);
         if let Stop::GaveUp = stop {
             warn!(
                 persistent_connection_to = %self.shared.server_name,
-                consecutive_failures = self.streak.failures,
-                last_error = ?self.streak.last_error,
+                consecutive_failures = self.retry.failures(),
+                last_error = ?self.retry.last_error(),
                 "the retry policy gave up; closing",
             );
         }
@@ -383,7 +255,7 @@ where
     }
 
     async fn run_cycles(&mut self) -> Result<Infallible, Stop> {
-        self.report_state(State::Connecting);
+        self.report.tell_state(State::Connecting);
         loop {
             // ## start of cycle => Connecting
             self.start_cycle()?;
@@ -400,7 +272,7 @@ where
                         connection: new,
                     } => {
                         self.start_cycle()?;
-                        self.emit(Event::ObtainedAddress(address));
+                        self.report.event(Event::ObtainedAddress(address));
                         connection = new;
                     }
                 }
@@ -417,10 +289,10 @@ where
             if self.close_after_current {
                 return Err(Stop::Closed);
             }
-            self.next_delay = Some(self.decide_delay()?);
+            self.choose_delay()?;
             if at_once {
                 self.check_open()?;
-                self.set_state(State::Connecting);
+                self.report.enter(State::Connecting);
                 tokio::task::yield_now().await;
             } else {
                 self.wait_until(retry_at).await?;
@@ -432,28 +304,18 @@ where
     /// reported again) and reports `AttemptingToConnect`.
     fn start_cycle(&mut self) -> Result<(), Stop> {
         self.check_open()?;
-        self.cycle = Cycle::default();
-        self.set_state(State::Connecting);
-        self.emit(Event::AttemptingToConnect);
+        self.report.new_cycle();
+        self.report.enter(State::Connecting);
+        self.report.event(Event::AttemptingToConnect);
         Ok(())
     }
 
     /// Tells the retry streak how the connection ended after `lived`; returns whether the
     /// next cycle starts at once.
     fn connection_ended(&mut self, disconnect: &Disconnect, lived: Duration) -> bool {
-        self.streak.last_connected_for = Some(lived);
         let goodbye = self.is_goodbye(disconnect, lived);
-        if goodbye || lived >= self.flap_guard {
-            self.streak.reset();
-        } else {
-            self.streak.failures = self.streak.failures.saturating_add(1);
-            self.streak.last_error = Some(ConnectError::connect(
-                format!(
-                    "the connection ended after {lived:?}, within the flap guard: {disconnect}"
-                )
-                .into(),
-            ));
-        }
+        self.retry
+            .connection_ended(lived, goodbye, self.settings.flap_guard, disconnect);
         goodbye
     }
 
@@ -464,7 +326,7 @@ where
     fn is_goodbye(&self, disconnect: &Disconnect, lived: Duration) -> bool {
         match disconnect {
             Disconnect::Signal(reason) if reason.replaces_at_once() => true,
-            Disconnect::Signal(reason) if reason.is_graceful() => lived >= self.flap_guard,
+            Disconnect::Signal(reason) if reason.is_graceful() => lived >= self.settings.flap_guard,
             _ => false,
         }
     }
@@ -485,15 +347,14 @@ where
             // the flap guard (see `connection_ended`).
             self.check_open()?;
             if std::mem::take(&mut self.inbox.reset_policy) {
-                self.streak.reset();
-                self.next_delay = None;
+                self.retry.reset();
             }
-            let delay = match self.next_delay.take() {
-                Some(delay) => delay,
-                None => self.decide_delay()?,
+            let delay = match self.retry.arm(&self.shared.server_name) {
+                Ok(delay) => delay,
+                Err(gave_up) => return Err(self.give_up(gave_up)),
             };
             let retry_at = Instant::now() + delay;
-            self.set_state(State::Connecting);
+            self.report.enter(State::Connecting);
             let outcome = match self.in_flight.take() {
                 // A rotation's attempt outlived the connection it was to replace: its
                 // outcome is this cycle's first (it was counted when it started).
@@ -501,25 +362,25 @@ where
                     let (maker, outcome) = self.inbox.race(attempt).await?;
                     self.maker = Some(maker);
                     outcome.map(|(address, connection)| {
-                        self.emit(Event::ObtainedAddress(address));
+                        self.report.event(Event::ObtainedAddress(address));
                         connection
                     })
                 }
                 None => {
-                    self.shared.start_attempt(delay, self.streak.failures);
+                    self.shared.start_attempt(delay, self.retry.failures());
                     self.attempt().await?
                 }
             };
             match outcome {
                 Ok(connection) => return Ok((connection, retry_at)),
                 Err(error) => {
-                    self.streak.failed(error.clone());
+                    self.retry.failed(error.clone());
                     self.shared
-                        .finish_attempt(Some(error.clone()), self.streak.failures);
-                    self.emit(Event::FailedToConnect(error));
+                        .finish_attempt(Some(error.clone()), self.retry.failures());
+                    self.report.event(Event::FailedToConnect(error));
                     // Ask the policy now, so that giving up happens at the failure, not a
                     // delay later; the answer is armed before the next attempt.
-                    self.next_delay = Some(self.decide_delay()?);
+                    self.choose_delay()?;
                     // ## Waiting => Connecting
                     self.wait_until(retry_at).await?;
                 }
@@ -527,33 +388,33 @@ where
         }
     }
 
-    /// Asks the retry policy for the delay before the next attempt; if it gives up, records
-    /// the error to close with and stops the driver.
-    fn decide_delay(&mut self) -> Result<Duration, Stop> {
-        match self
-            .backoff
-            .next_delay(&self.shared.server_name, &self.streak.context())
-        {
-            Some(delay) => Ok(delay),
-            None => {
-                // ## (Connecting | Disconnected) => Closed (the policy gave up)
-                let error = self.streak.last_error.clone();
-                self.shared
-                    .give_up(error.unwrap_or_else(ConnectError::closed));
-                Err(Stop::GaveUp)
-            }
+    /// Asks the retry policy for the delay before the next attempt now; if it gives up,
+    /// stops the driver.
+    fn choose_delay(&mut self) -> Result<Duration, Stop> {
+        match self.retry.choose(&self.shared.server_name) {
+            Ok(delay) => Ok(delay),
+            Err(gave_up) => Err(self.give_up(gave_up)),
         }
+    }
+
+    /// ## (Connecting | Disconnected) => Closed (the policy gave up): records the error to
+    /// close with.
+    fn give_up(&self, _: GaveUp) -> Stop {
+        let error = self.retry.last_error().cloned();
+        self.shared
+            .give_up(error.unwrap_or_else(ConnectError::closed));
+        Stop::GaveUp
     }
 
     /// One attempt of a cycle: discover the address (reported as soon as it is known), then
     /// connect, each step cancelled at once by `close()`.
     async fn attempt(&mut self) -> Result<Result<Connection<M::Response, C>, ConnectError>, Stop> {
-        let deadline = Instant::now() + self.connect_timeout;
+        let deadline = Instant::now() + self.settings.connect_timeout;
         let address = match self.inbox.race(self.discover(deadline)).await? {
             Ok(address) => address,
             Err(error) => return Ok(Err(error)),
         };
-        self.emit(Event::ObtainedAddress(address.clone()));
+        self.report.event(Event::ObtainedAddress(address.clone()));
         let connect = self.connect(address, deadline);
         let (maker, outcome) = self.inbox.race(connect).await?;
         self.maker = Some(maker);
@@ -563,7 +424,7 @@ where
     /// An attempt as one future that owns what it needs (a rotation's, run while the old
     /// connection serves): the driver stays free to serve meanwhile.
     fn whole_attempt(&mut self) -> AttemptFuture<A, M, C> {
-        let deadline = Instant::now() + self.connect_timeout;
+        let deadline = Instant::now() + self.settings.connect_timeout;
         let discover = self.discover(deadline);
         let maker = self.take_maker();
         let dialer = self.dialer();
@@ -583,7 +444,7 @@ where
         deadline: Instant,
     ) -> impl Future<Output = Result<A, ConnectError>> + Send + 'static + use<A, M, E, C, H> {
         let get_address = self.get_address.clone();
-        let timeout = self.connect_timeout;
+        let timeout = self.settings.connect_timeout;
         async move { bounded(deadline, timeout, || get_address(), ConnectError::discovery).await }
     }
 
@@ -611,8 +472,8 @@ where
         Dialer {
             health_check: self.health_check.clone(),
             close_signal: self.close_signal.clone(),
-            recheck: self.health_check_interval,
-            timeout: self.connect_timeout,
+            recheck: self.settings.health_check_interval,
+            timeout: self.settings.connect_timeout,
         }
     }
 
@@ -625,8 +486,8 @@ where
             service: connection,
             closed,
         } = connection;
-        self.set_state(State::Connected);
-        self.shared.finish_attempt(None, self.streak.failures);
+        self.report.enter(State::Connected);
+        self.shared.finish_attempt(None, self.retry.failures());
         let mut word = Some(
             self.shared
                 .publish(connection.clone())
@@ -636,14 +497,18 @@ where
         self.inbox.reset_policy = false;
         // With periodic health checks the driver keeps one copy, to check it and to publish
         // it again after "not serving"; else none: the service clones keep their own.
-        let service = self.health_check_interval.map(|_| connection.clone());
+        let service = self
+            .settings
+            .health_check_interval
+            .map(|_| connection.clone());
         let connected_at = Instant::now();
-        self.emit(Event::Connected(connection));
+        self.report.event(Event::Connected(connection));
 
         let mut health = Box::pin(self.next_health_check(service.as_ref()));
         let mut rotate_at = self
+            .settings
             .max_connection_age
-            .map(|age| Instant::now() + self.backoff.jittered(age));
+            .map(|age| Instant::now() + self.retry.jittered(age));
         let mut rotation: Option<AttemptFuture<A, M, C>> = None;
 
         // ## Connected => Disconnected
@@ -684,7 +549,7 @@ where
                         // ## Connected => NotServing: the connection stays, requests wait.
                         Health::NotServing => if let Some(old) = word.take() {
                             drop(self.shared.withdraw(old));
-                            self.set_state(State::NotServing);
+                            self.report.enter(State::NotServing);
                             info!(
                                 persistent_connection_to = %self.shared.server_name,
                                 "the server is not serving; requests wait on this connection's health",
@@ -693,7 +558,7 @@ where
                         // ## NotServing => Connected
                         Health::Serving => if let (None, Some(service)) = (word, &service) {
                             word = Some(self.shared.publish(service.clone()).ok_or(Stop::Closed)?);
-                            self.set_state(State::Connected);
+                            self.report.enter(State::Connected);
                             info!(
                                 persistent_connection_to = %self.shared.server_name,
                                 "the server is serving again",
@@ -709,7 +574,7 @@ where
                         persistent_connection_to = %self.shared.server_name,
                         "the connection reached its maximum age; making its replacement",
                     );
-                    self.shared.start_attempt(Duration::ZERO, self.streak.failures);
+                    self.shared.start_attempt(Duration::ZERO, self.retry.failures());
                     rotation = Some(self.whole_attempt());
                 }
                 (maker, outcome) = async { rotation.as_mut().expect("guarded by the condition").await },
@@ -725,11 +590,11 @@ where
                             return Ok(Served::Rotated { address, connection: new });
                         }
                         Err(error) => {
-                            self.shared.finish_attempt(Some(error.clone()), self.streak.failures);
+                            self.shared.finish_attempt(Some(error.clone()), self.retry.failures());
                             let delay = self
-                                .backoff
-                                .next_delay(&self.shared.server_name, &RetryContext::new(1, None, Some(&error)))
-                                .unwrap_or(self.connect_timeout);
+                                .retry
+                                .after_failed_rotation(&self.shared.server_name, &error)
+                                .unwrap_or(self.settings.connect_timeout);
                             warn!(
                                 persistent_connection_to = %self.shared.server_name,
                                 %error,
@@ -780,14 +645,14 @@ where
         }
         drop(service);
         self.shared
-            .disconnected(self.streak.failures, ending.unwrap_or(Ending::Failure));
+            .disconnected(self.retry.failures(), ending.unwrap_or(Ending::Failure));
         info!(
             persistent_connection_to = %self.shared.server_name,
             %reason,
             connected_for = ?lived,
             "disconnected",
         );
-        self.emit(Event::Disconnected);
+        self.report.event(Event::Disconnected);
     }
 
     /// A future that waits for the health check interval, then checks `connection` once.
@@ -796,13 +661,14 @@ where
         &self,
         connection: Option<&M::Response>,
     ) -> impl Future<Output = Health> + Send + use<A, M, E, C, H> {
-        let checked = self
-            .health_check_interval
-            .zip(connection)
-            .map(|(interval, connection)| {
-                (interval, self.health_check.clone(), connection.clone())
-            });
-        let limit = self.connect_timeout;
+        let checked =
+            self.settings
+                .health_check_interval
+                .zip(connection)
+                .map(|(interval, connection)| {
+                    (interval, self.health_check.clone(), connection.clone())
+                });
+        let limit = self.settings.connect_timeout;
         async move {
             let Some((interval, health_check, connection)) = checked else {
                 return std::future::pending().await;
@@ -839,7 +705,7 @@ where
     async fn wait_until(&mut self, at: Instant) -> Result<(), Stop> {
         self.check_open()?;
         // A timer that has already fired (the connection outlived the delay) is no wait.
-        self.set_state(if at > Instant::now() {
+        self.report.enter(if at > Instant::now() {
             State::Waiting { next_attempt: at }
         } else {
             State::Connecting
@@ -847,134 +713,6 @@ where
         tokio::task::yield_now().await;
         self.check_open()?;
         self.inbox.sleep_until(at).await
-    }
-
-    /// Publishes `state` to handles, and tells the hook if it changed. (`Closed` is published
-    /// by whoever closes the shared state; the hook hears it when the driver stops.)
-    fn set_state(&self, state: State) {
-        if self.shared.set_state(state) || state == State::Closed {
-            self.report_state(state);
-        }
-    }
-
-    /// Tells the hook about `state`.
-    fn report_state(&self, state: State) {
-        let on_event = &self.on_event;
-        if let Err(panic) = panic::catch(|| on_event.on_state(state)) {
-            warn!(
-                persistent_connection_to = %self.shared.server_name,
-                ?state,
-                %panic,
-                "on_state panicked; the driver carries on",
-            );
-        }
-    }
-
-    /// Reports `event`: de-duplicates it within the cycle, logs it, and hands it to the hook.
-    fn emit(&mut self, event: Event<A, M::Response>) {
-        let name = &*self.shared.server_name;
-        match &event {
-            Event::AttemptingToConnect => {
-                debug!(persistent_connection_to = %name, "attempting to connect")
-            }
-            Event::ObtainedAddress(address) => {
-                if self.cycle.address.as_ref() == Some(address) {
-                    return;
-                }
-                self.cycle.address = Some(address.clone());
-                debug!(persistent_connection_to = %name, ?address, "obtained address");
-            }
-            Event::FailedToConnect(error) => {
-                let text = error.to_string();
-                if self.cycle.error.as_ref() == Some(&text) {
-                    return;
-                }
-                self.cycle.error = Some(text);
-                warn!(persistent_connection_to = %name, %error, kind = ?error.kind(), "failed to connect");
-            }
-            Event::Connected(_) => info!(persistent_connection_to = %name, "connected"),
-            // Logged with its reason where it happens.
-            Event::Disconnected => {}
-        }
-        let on_event = &self.on_event;
-        if let Err(panic) = panic::catch(|| on_event.on_event(&event)) {
-            warn!(
-                persistent_connection_to = %name,
-                event = event.name(),
-                %panic,
-                "on_event panicked; the event is dropped and the driver carries on",
-            );
-        }
-    }
-}
-
-// === Inbox ===
-
-/// The driver's command channel, and what it remembers between commands.
-pub(crate) struct Inbox {
-    pub(crate) commands: UnboundedReceiver<Command>,
-    /// `reconnect_now` arrived while an attempt was running: skip the next wait.
-    pub(crate) reconnect_now: bool,
-    /// `reconnect_now` arrived: reset the retry policy before the next attempt.
-    pub(crate) reset_policy: bool,
-}
-
-impl Inbox {
-    pub(crate) fn new(commands: UnboundedReceiver<Command>) -> Self {
-        Self {
-            commands,
-            reconnect_now: false,
-            reset_policy: false,
-        }
-    }
-
-    /// Runs `future` (an attempt's step) to completion unless a command stops the driver
-    /// first; dropping the future cancels the attempt at once. Failure reports are stale here
-    /// (nothing is connected), and `reconnect_now` is remembered for the wait that follows.
-    async fn race<F: Future>(&mut self, future: F) -> Result<F::Output, Stop> {
-        tokio::pin!(future);
-        loop {
-            tokio::select! {
-                biased;
-                command = self.commands.recv() => if unconnected(command)? {
-                    self.reconnect_now = true;
-                    self.reset_policy = true;
-                },
-                output = &mut future => return Ok(output),
-            }
-        }
-    }
-
-    /// Sleeps until `at`, unless `reconnect_now` arrives first (or arrived during the attempt
-    /// before) or a command stops the driver.
-    async fn sleep_until(&mut self, at: Instant) -> Result<(), Stop> {
-        if std::mem::take(&mut self.reconnect_now) {
-            return Ok(());
-        }
-        let sleep = sleep_until(at);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                biased;
-                command = self.commands.recv() => if unconnected(command)? {
-                    self.reset_policy = true;
-                    return Ok(());
-                },
-                () = &mut sleep => return Ok(()),
-            }
-        }
-    }
-}
-
-/// What a command means while not connected: stop the driver (`Err`), `reconnect_now`
-/// (`Ok(true)`), or nothing (`Ok(false)`: a failure report is stale when nothing is
-/// connected). "Close after the current connection" closes now, as there is none.
-fn unconnected(command: Option<Command>) -> Result<bool, Stop> {
-    match command {
-        None => Err(Stop::Abandoned),
-        Some(Command::Close | Command::CloseAfterCurrent) => Err(Stop::Closed),
-        Some(Command::ReconnectNow) => Ok(true),
-        Some(Command::Failed { .. }) => Ok(false),
     }
 }
 
@@ -989,16 +727,4 @@ impl<S> Drop for EndGuard<S> {
         drop(connection);
         self.0.set_ended();
     }
-}
-
-/// Whether a failed check's error says "not serving" (a [`NotServing`] in its chain).
-fn is_not_serving_error(error: &ConnectError) -> bool {
-    let mut source = std::error::Error::source(error);
-    while let Some(error) = source {
-        if error.is::<NotServing>() {
-            return true;
-        }
-        source = error.source();
-    }
-    false
 }
