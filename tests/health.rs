@@ -88,6 +88,24 @@ impl Checks {
     }
 }
 
+/// A health check that records each run in `checks` and passes while `passing` holds, else
+/// fails with `failure()`.
+fn switchable_check<E: 'static>(
+    checks: &Checks,
+    passing: &Arc<AtomicBool>,
+    failure: fn() -> E,
+) -> impl Fn(&Conn) -> std::future::Ready<Result<(), E>> + Send + Sync + 'static {
+    let (checks, passing) = (checks.clone(), passing.clone());
+    move |conn: &Conn| {
+        checks.record(conn);
+        std::future::ready(if passing.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(failure())
+        })
+    }
+}
+
 /// The next connection, within 100 s of paused time.
 async fn connected(handle: &Handle<Conn>) -> Conn {
     timeout(secs(100), handle.connected())
@@ -312,15 +330,7 @@ async fn a_periodic_check_that_fails_ends_the_connection() {
         .jitter(0.0)
         .retry_delay(|| secs(10))
         .on_event(events.hook())
-        .health_check({
-            let checks = checks.clone();
-            let healthy = healthy.clone();
-            move |conn: &Conn| {
-                checks.record(conn);
-                let healthy = healthy.load(Ordering::SeqCst);
-                async move { if healthy { Ok(()) } else { Err("not serving") } }
-            }
-        })
+        .health_check(switchable_check(&checks, &healthy, || "not serving"))
         .health_check_interval(secs(5))
         .layer(maker.clone());
     let handle = svc.handle();
@@ -388,21 +398,9 @@ async fn a_not_serving_answer_makes_the_connection_unready_without_closing_it() 
         .jitter(0.0)
         .retry_delay(|| secs(10))
         .on_event(events.hook())
-        .health_check({
-            let checks = checks.clone();
-            let serving = serving.clone();
-            move |conn: &Conn| {
-                checks.record(conn);
-                let serving = serving.load(Ordering::SeqCst);
-                async move {
-                    if serving {
-                        Ok(())
-                    } else {
-                        Err(NotServing::new("status NOT_SERVING"))
-                    }
-                }
-            }
-        })
+        .health_check(switchable_check(&checks, &serving, || {
+            NotServing::new("status NOT_SERVING")
+        }))
         .health_check_interval(secs(1))
         .layer(maker.clone());
     let handle = svc.handle();
