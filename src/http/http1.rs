@@ -28,9 +28,9 @@ use super::{
     replay::ReplayBody,
     resend::{
         self, Failure, Kept, Lineage, Newest, Refusal, ReplayConfig, Resend, h1_closed,
-        is_idempotent, or_recover,
+        is_idempotent, mark_untaken, or_recover, unless_stranded,
     },
-    sniff::Status,
+    sniff::{self, Status},
 };
 use crate::{
     BoxError, CloseReason, HealthCheck, OnEvent, PersistentConnection, PersistentConnectionLayer,
@@ -273,14 +273,9 @@ impl<B> Http1Connection<B> {
     /// answered a request, else [`GracefulBeforeServing`](CloseReason::GracefulBeforeServing);
     /// a reset or an I/O error is an error.
     pub fn closed(&self) -> impl Future<Output = CloseReason> + Send + use<B> {
-        let mut status = self.shared.status.subscribe();
+        let status = self.shared.status.subscribe();
         async move {
-            let seen = status
-                .wait_for(|status| status.ended.is_some())
-                .await
-                .map(|status| status.clone());
-            // If the connection task is gone, judge by what was seen.
-            let seen = seen.unwrap_or_else(|_| status.borrow().clone());
+            let seen = sniff::until(status, |status| status.ended.is_some()).await;
             match seen {
                 Status {
                     ended: Some(Err(error)),
@@ -371,9 +366,14 @@ where
     // bytes read (hyper is ready for a new request only once the last one is done).
     let reused = shared.responses.load(Ordering::Acquire) > 0;
     let read_before = shared.read.load(Ordering::Acquire);
+    let mark = mark_untaken(&mut request);
     let sent = lock(&shared.send).try_send_request(request);
+    let mut status = shared.status.subscribe();
+    let ended = async move {
+        let _ = status.wait_for(|status| status.ended.is_some()).await;
+    };
     let shared = shared.clone();
-    async move {
+    let sent = async move {
         let result = sent.await;
         if result.is_ok() {
             shared.responses.fetch_add(1, Ordering::Release);
@@ -393,7 +393,8 @@ where
             }
             failure
         })
-    }
+    };
+    unless_stranded(sent, mark, ended)
 }
 
 impl<B> Resend for Shared<B>

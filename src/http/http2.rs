@@ -24,8 +24,11 @@ use super::{
     keep_alive::KeepAliveInterval,
     name_origin, origin_for,
     replay::ReplayBody,
-    resend::{self, Failure, Kept, Lineage, Newest, ReplayConfig, Resend, h2_refusal, or_recover},
-    sniff::{FrameWatch, Sniff, Status},
+    resend::{
+        self, Failure, Kept, Lineage, Newest, ReplayConfig, Resend, h2_refusal, mark_untaken,
+        or_recover, unless_stranded,
+    },
+    sniff::{self, FrameWatch, Sniff, Status},
 };
 use crate::{
     BoxError, CloseReason, HealthCheck, OnEvent, PersistentConnection, PersistentConnectionLayer,
@@ -435,14 +438,10 @@ impl<B> Http2Connection<B> {
     /// [`CloseReason::Graceful`] whether or not the connection served: the connector has
     /// doubled its keep-alive interval by then, and the replacement is made at once.
     pub fn closed(&self) -> impl Future<Output = CloseReason> + Send + use<B> {
-        let mut status = self.shared.status.clone();
+        let status = self.shared.status.clone();
         async move {
-            let seen = status
-                .wait_for(|status| status.goaway || status.ended.is_some())
-                .await
-                .map(|status| status.clone());
-            // If the connection task is gone, judge by what was seen.
-            let status = seen.unwrap_or_else(|_| status.borrow().clone());
+            let status =
+                sniff::until(status, |status| status.goaway || status.ended.is_some()).await;
             match status {
                 // Our pings were too frequent, not the server broken: replace at once.
                 Status {
@@ -513,16 +512,16 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let (request, kept) = Kept::prepare(request, &self.shared.lineage.config, true);
-        let sent = send_on(&mut self.send, &self.shared.origin, request);
+        let sent = send_on(&mut self.send, &self.shared, request);
         Box::pin(or_recover(sent, kept, self.shared.clone()))
     }
 }
 
-/// Sends `request` (with the origin filled in) through `send`; a failure says whether the
-/// server provably did not process it.
+/// Sends `request` (with the origin of `shared` filled in) through `send`, a sender of the
+/// connection of `shared`; a failure says whether the server provably did not process it.
 fn send_on<B>(
     send: &mut http2::SendRequest<ReplayBody<B>>,
-    origin: &Origin,
+    shared: &Shared<B>,
     mut request: Request<ReplayBody<B>>,
 ) -> impl Future<Output = Result<Response<Incoming>, Failure<B>>> + Send + use<B>
 where
@@ -530,12 +529,18 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    origin.apply(&mut request);
+    shared.origin.apply(&mut request);
+    let mark = mark_untaken(&mut request);
     let sent = send.try_send_request(request);
-    async move {
+    let mut status = shared.status.clone();
+    let sent = async move {
         sent.await
             .map_err(|error| Failure::from_hyper(error, h2_refusal))
-    }
+    };
+    let ended = async move {
+        let _ = status.wait_for(|status| status.ended.is_some()).await;
+    };
+    unless_stranded(sent, mark, ended)
 }
 
 impl<B> Shared<B> {
@@ -576,7 +581,7 @@ where
             if let Err(error) = poll_fn(|cx| send.poll_ready(cx)).await {
                 return Err(Failure::handed_back(error.into(), request));
             }
-            send_on(&mut send, &self.origin, request).await
+            send_on(&mut send, &self, request).await
         }
     }
 }

@@ -4,8 +4,9 @@
 use std::{
     error::Error as StdError,
     fmt,
-    future::Future,
+    future::{Future, pending},
     io,
+    pin::pin,
     sync::{Arc, Weak},
 };
 
@@ -252,6 +253,16 @@ impl<B> Failure<B> {
         }
     }
 
+    /// The request was left in hyper's queue when the connection task ended: never written,
+    /// and not handed back (see [`unless_stranded`]); a resend builds it from what was kept.
+    pub(crate) fn stranded() -> Self {
+        Self {
+            error: "the connection ended before the request was written".into(),
+            refusal: Some(Refusal::HandedBack),
+            request: None,
+        }
+    }
+
     /// `request` was not written: the connection failed `error` before.
     pub(crate) fn handed_back(error: BoxError, request: Request<ReplayBody<B>>) -> Self {
         Self {
@@ -259,6 +270,62 @@ impl<B> Failure<B> {
             refusal: Some(Refusal::HandedBack),
             request: Some(request),
         }
+    }
+}
+
+// === a request hyper never took ===
+
+/// A mark put in a request's extensions just before it is handed to hyper. hyper's connection
+/// task drops a request's extensions when it takes the request to write it (h2 clears them
+/// as it opens the stream; hyper's HTTP/1 dispatcher drops them with the encoded head), so
+/// while the mark lives, the request has not been taken.
+#[derive(Clone)]
+struct Untaken(#[allow(dead_code)] Arc<()>);
+
+/// Tells whether the request marked by [`mark_untaken`] is still waiting in hyper's queue.
+pub(crate) struct UntakenMark(Weak<()>);
+
+impl UntakenMark {
+    fn is_untaken(&self) -> bool {
+        self.0.strong_count() > 0
+    }
+}
+
+/// Marks `request` as not yet taken by the connection task (see [`unless_stranded`]).
+pub(crate) fn mark_untaken<B>(request: &mut Request<B>) -> UntakenMark {
+    let mark = Arc::new(());
+    let watch = UntakenMark(Arc::downgrade(&mark));
+    request.extensions_mut().insert(Untaken(mark));
+    watch
+}
+
+/// `sent` (the answer to a request marked with `mark`), unless the connection task ends
+/// (`ended` resolves) while the request is still in hyper's queue: then a failure that proves
+/// the request was never written.
+///
+/// Without this a request could wait for ever: hyper queues requests in a tokio channel, and a
+/// request pushed while the connection task is dropping the channel's receiver (a race that
+/// CPU contention widens; a server's goodbye ends the task while requests keep coming) stays
+/// in the channel, unanswered, until every sender of the connection is dropped, and the
+/// connection's clones and the waiting request's own future hold senders.
+pub(crate) async fn unless_stranded<T, B>(
+    sent: impl Future<Output = Result<T, Failure<B>>>,
+    mark: UntakenMark,
+    ended: impl Future<Output = ()>,
+) -> Result<T, Failure<B>> {
+    let mut sent = pin!(sent);
+    let stranded = async {
+        ended.await;
+        // The task has dropped its queue: a request taken goes on (its stream lives in h2's
+        // task, or hyper's dispatcher answers it as it ends); one not taken never will be.
+        if !mark.is_untaken() {
+            pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        biased;
+        result = &mut sent => result,
+        () = stranded => Err(Failure::stranded()),
     }
 }
 
@@ -295,24 +362,30 @@ impl Head {
     }
 }
 
-/// What a call keeps to send its request again: the head as the caller gave it (when a
-/// resend can need it) and a handle on the body.
+/// What a call keeps to send its request again: the head as the caller gave it and a handle
+/// on the body (nothing when resends are off).
 pub(crate) struct Kept<B> {
     head: Option<Head>,
     body: ReplayBody<B>,
 }
 
 impl<B: http_body::Body> Kept<B> {
-    /// Wraps the body of `request` for replays, and keeps its head if `keep_head` (else only a
-    /// request hyper hands back can be sent again).
+    /// Wraps the body of `request` for replays and keeps its head. The body's bytes are
+    /// recorded only if `record_body`: a request whose body may be read before a failure that
+    /// allows a resend (else only a request never taken is sent again, whose body was never
+    /// read).
     pub(crate) fn prepare(
         request: Request<B>,
         config: &ReplayConfig,
-        keep_head: bool,
+        record_body: bool,
     ) -> (Request<ReplayBody<B>>, Self) {
-        let keep_head = keep_head && config.max_replays > 0;
-        let head = keep_head.then(|| Head::of(&request));
-        let limit = if keep_head { config.max_body } else { 0 };
+        let resends = config.max_replays > 0;
+        let head = resends.then(|| Head::of(&request));
+        let limit = if resends && record_body {
+            config.max_body
+        } else {
+            0
+        };
         let request = request.map(|body| ReplayBody::new(body, limit));
         let body = request.body().handle();
         (request, Self { head, body })
@@ -489,5 +562,126 @@ impl fmt::Display for NotProcessed {
 impl StdError for NotProcessed {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         Some(&*self.source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{convert::Infallible, future::ready, time::Duration};
+
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use hyper::{server, service::service_fn};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::{
+        net::{TcpListener, TcpStream},
+        sync::{mpsc, oneshot},
+    };
+
+    use super::*;
+
+    fn marked() -> (Request<Empty<Bytes>>, UntakenMark) {
+        let mut request = Request::get("http://localhost/")
+            .body(Empty::new())
+            .unwrap();
+        let mark = mark_untaken(&mut request);
+        (request, mark)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_left_untaken_when_the_task_ends_fails_as_never_written() {
+        let (request, mark) = marked();
+        let sent = pending::<Result<(), Failure<()>>>();
+        let failure = unless_stranded(sent, mark, ready(())).await.unwrap_err();
+        assert_eq!(failure.refusal, Some(Refusal::HandedBack));
+        assert!(failure.request.is_none());
+        drop(request);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_taken_before_the_task_ends_waits_for_its_answer() {
+        let (request, mark) = marked();
+        drop(request); // taken: hyper dropped its extensions
+        let sent = async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<_, Failure<()>>("answer")
+        };
+        let answer = unless_stranded(sent, mark, ready(())).await;
+        assert_eq!(answer.ok(), Some("answer"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_comes_before_the_end_of_the_task() {
+        let (_request, mark) = marked();
+        let answer = unless_stranded(ready(Ok::<_, Failure<()>>(7)), mark, ready(())).await;
+        assert_eq!(answer.ok(), Some(7));
+    }
+
+    /// A server on 127.0.0.1 that reports each request it receives and answers it when the
+    /// test says so.
+    async fn holding_server(
+        http2: bool,
+    ) -> (std::net::SocketAddr, mpsc::Receiver<oneshot::Sender<()>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (arrived, arrivals) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = service_fn(move |_: Request<hyper::body::Incoming>| {
+                let arrived = arrived.clone();
+                async move {
+                    let (answer, answered) = oneshot::channel();
+                    let _ = arrived.send(answer).await;
+                    let _ = answered.await;
+                    Ok::<_, Infallible>(hyper::Response::new(Empty::<Bytes>::new()))
+                }
+            });
+            let io = TokioIo::new(stream);
+            if http2 {
+                let _ = server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, service)
+                    .await;
+            } else {
+                let _ = server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            }
+        });
+        (addr, arrivals)
+    }
+
+    /// The premise of `unless_stranded`: hyper's connection task drops a request's extensions
+    /// (and with them the mark) once it has taken the request, so a request the server has
+    /// received is never taken for a stranded one.
+    #[tokio::test]
+    async fn hyper_drops_the_mark_of_a_request_it_has_taken() {
+        for http2 in [true, false] {
+            let (addr, mut arrivals) = holding_server(http2).await;
+            let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+            let (request, mark) = marked();
+            let response = if http2 {
+                let (mut send, connection) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                        .await
+                        .unwrap();
+                tokio::spawn(connection);
+                tokio::spawn(send.send_request(request))
+            } else {
+                let (mut send, connection) =
+                    hyper::client::conn::http1::handshake(io).await.unwrap();
+                tokio::spawn(connection);
+                tokio::spawn(send.send_request(request))
+            };
+            let answer = tokio::time::timeout(Duration::from_secs(30), arrivals.recv())
+                .await
+                .expect("the server received the request")
+                .unwrap();
+            assert!(
+                !mark.is_untaken(),
+                "http2 {http2}: the server has the request but its mark lives"
+            );
+            answer.send(()).unwrap();
+            response.await.unwrap().unwrap();
+        }
     }
 }

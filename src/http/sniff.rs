@@ -12,7 +12,13 @@
 //! the first bytes of a `GOAWAY`'s payload, as the bytes go by costs a few comparisons per
 //! frame and changes nothing in the stream.
 
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    future::{Future, poll_fn},
+    pin::pin,
+    sync::Arc,
+    task::Poll,
+};
 
 use tokio::sync::watch;
 
@@ -47,6 +53,32 @@ impl Status {
                 goaway.last_stream_id != 0 && goaway.last_stream_id != MAX_STREAM_ID
             })
     }
+}
+
+/// The status once `done` holds for it (or once the connection task is gone: then the last
+/// status seen).
+///
+/// `done` is checked against the current status on every poll, not only when a change is
+/// notified: a watch's value is visible to `borrow` a moment before its waiters are woken, and
+/// a clone that saw the change (say, `poll_ready` refusing a request after `GOAWAY`) may ask
+/// for the close signal's verdict in that moment. The layer asks for it at once, with one
+/// poll: this future must be ready then.
+pub(crate) async fn until(
+    mut status: watch::Receiver<Status>,
+    done: fn(&Status) -> bool,
+) -> Status {
+    let peek = status.clone();
+    let mut changed = pin!(async move {
+        let _ = status.wait_for(done).await;
+    });
+    poll_fn(|cx| {
+        if done(&peek.borrow()) {
+            return Poll::Ready(());
+        }
+        changed.as_mut().poll(cx)
+    })
+    .await;
+    peek.borrow().clone()
 }
 
 /// The largest stream id (31 bits).
@@ -234,7 +266,34 @@ fn publish_goaway(
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt;
+
     use super::*;
+
+    /// The moment between a status change and the wake-up of its waiters: `until` polled
+    /// before the change is ready on its next poll, woken or not.
+    #[test]
+    fn until_sees_a_change_whose_wake_up_has_not_come() {
+        let status = watch::Sender::new(Status::default());
+        let mut closing = Box::pin(until(status.subscribe(), |status| status.goaway));
+        assert!(closing.as_mut().now_or_never().is_none());
+        // Changed, but no waiter told (as in the moment before `send_if_modified` notifies).
+        status.send_if_modified(|status| {
+            status.goaway = true;
+            false
+        });
+        let seen = closing.now_or_never().expect("ready on the first poll after the change");
+        assert!(seen.goaway);
+    }
+
+    #[tokio::test]
+    async fn until_wakes_on_a_change() {
+        let status = watch::Sender::new(Status::default());
+        let closing = tokio::spawn(until(status.subscribe(), |status| status.ended.is_some()));
+        tokio::task::yield_now().await;
+        status.send_modify(|status| status.ended = Some(Ok(())));
+        assert!(closing.await.unwrap().ended.is_some());
+    }
 
     fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
         stream_frame(kind, 0, payload)
