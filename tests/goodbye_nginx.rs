@@ -450,6 +450,99 @@ async fn h2_goaway_after_keepalive_requests_costs_no_request_and_little_throughp
     );
 }
 
+/// The same goodbyes (`keepalive_requests 200`) while two processes keep the machine's cores
+/// busy: preemption at any instruction widens every race between a `GOAWAY`, the clones that
+/// see it and the replacement. No request may fail or wait past [`REQUEST_BOUND`], and no
+/// goodbye may be taken for a failure. Two races were found under such load (in most
+/// one-minute runs of a client like this one, not in every run: this test guards, the unit
+/// tests of `sniff::until` and `resend::unless_stranded` pin them down): a clone's
+/// `poll_ready` seeing the `GOAWAY` before the close signal's waiter was woken (the layer took
+/// it for a failure and waited the retry delay), and a request left in hyper's queue as the
+/// connection task ended.
+///
+/// Opt-in (it loads the machine): `CONTENTION_SECS=60 cargo test --all-features --test
+/// goodbye_nginx -- --ignored --nocapture contention` (default 20 s; `.ci/run` runs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "loads every core; run with --ignored (CONTENTION_SECS sets the length)"]
+async fn h2_goaway_under_cpu_contention_leaves_no_request_waiting() {
+    let _serial = SERIAL.lock().await;
+    let secs = std::env::var("CONTENTION_SECS")
+        .ok()
+        .and_then(|secs| secs.parse().ok())
+        .unwrap_or(20u64)
+        .clamp(1, 3600);
+    let run = Duration::from_secs(secs);
+    let label = "h2 keepalive_requests 200, two busy cores";
+    let Some(nginx) = Nginx::start(Config::h2c().directive("keepalive_requests 200;")).await else {
+        return;
+    };
+    // Two busy processes (scheduled like nginx's worker, unlike threads of this process),
+    // killed when the run ends or the test fails.
+    let busy = [Busy::start(), Busy::start()];
+    // No hook and no state watcher: the driver does only its own work, as in most
+    // deployments (the races showed less with them).
+    let svc = PersistentConnectionLayer::fixed_address(nginx.addr())
+        .server_name("nginx")
+        .http2(Http2Connector::<Body>::new());
+    let handle = svc.handle();
+    first_connection(&handle).await;
+    let tally = Arc::new(Tally::default());
+    let start = Instant::now();
+    let deadline = start + run;
+    let mut loops = JoinSet::new();
+    for _ in 0..LOOPS {
+        let (mut svc, tally) = (svc.clone(), tally.clone());
+        loops.spawn(async move {
+            while Instant::now() < deadline {
+                tally.record(get(&mut svc).await);
+            }
+        });
+    }
+    while let Some(result) = loops.join_next().await {
+        result.expect("a request loop panicked");
+    }
+    let stats = handle.stats();
+    let figures = Figures::new(
+        label,
+        &tally,
+        start.elapsed(),
+        &[(stats.clone(), &Watch::default())],
+    );
+    handle.close().await;
+    figures.print();
+    drop(busy);
+    figures.assert_no_cost();
+    assert!(
+        stats.graceful_closes > 0,
+        "nginx never said goodbye: keepalive_requests had no effect"
+    );
+    assert_eq!(
+        stats.disconnections, stats.graceful_closes,
+        "[{label}] a goodbye was taken for a failure: {stats:?}"
+    );
+    assert_eq!(stats.consecutive_failures, 0, "[{label}] {stats:?}");
+}
+
+/// A process that keeps one core busy until it is dropped.
+struct Busy(std::process::Child);
+
+impl Busy {
+    fn start() -> Self {
+        let child = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .expect("sh runs");
+        Self(child)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Five configuration reloads during the run (each replaces nginx's worker; the old one says
 /// goodbye to its connections) cost no request. The only goodbyes: `keepalive_requests` is
 /// set out of reach.
