@@ -7,7 +7,10 @@ use std::{
     io,
     marker::PhantomData,
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError, Weak,
+        atomic::{AtomicU32, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -21,6 +24,7 @@ use tower_service::Service;
 
 use super::{
     ArcError, Dial, InvalidOrigin, Origin,
+    ahead::Ahead,
     keep_alive::KeepAliveInterval,
     name_origin, origin_for,
     replay::ReplayBody,
@@ -117,6 +121,8 @@ pub struct Http2Connector<B> {
     /// This connector's newest connection, where refused requests are sent again.
     latest: Newest<Shared<B>>,
     replay: ReplayConfig,
+    /// The server's request limit and the connection dialed ahead of it; `None` when off.
+    ahead: Option<Arc<Ahead<Http2Connection<B>>>>,
     _body: PhantomData<fn(B)>,
 }
 
@@ -137,6 +143,7 @@ impl<B> Http2Connector<B> {
             keep_alive: Arc::new(KeepAliveInterval::new(Some(KEEP_ALIVE_INTERVAL))),
             latest: resend::newest(),
             replay: ReplayConfig::new(),
+            ahead: Some(Arc::new(Ahead::new())),
             _body: PhantomData,
         }
     }
@@ -259,6 +266,22 @@ impl<B> Http2Connector<B> {
         self
     }
 
+    /// Whether to dial the next connection ahead of the server's request limit. Default is
+    /// `true`.
+    ///
+    /// A server that says goodbye after a fixed number of requests on each connection (nginx's
+    /// `keepalive_requests`, 1000 by default) names the last stream it took in its `GOAWAY`.
+    /// Once two connections in a row have ended at the same count, the connector dials the
+    /// next connection when three quarters of the count have been answered on the current
+    /// one, and the layer's next attempt takes it ready (if the address is the same), so the
+    /// goodbye costs no handshake. A server whose goodbyes come at varying counts gets no
+    /// connection ahead; a connection dialed ahead that the server closes before it is
+    /// needed is not used.
+    pub fn dial_ahead(mut self, enabled: bool) -> Self {
+        self.ahead = enabled.then(|| Arc::new(Ahead::new()));
+        self
+    }
+
     /// The underlying hyper builder, for the settings not exposed here. Its keep-alive
     /// interval is overwritten on each connect by the connector's
     /// ([`keep_alive_interval`](Self::keep_alive_interval)).
@@ -284,6 +307,7 @@ impl<B> Clone for Http2Connector<B> {
             keep_alive: self.keep_alive.clone(),
             latest: resend::newest(),
             replay: self.replay.clone(),
+            ahead: self.ahead.as_ref().map(|_| Arc::new(Ahead::new())),
             _body: PhantomData,
         }
     }
@@ -314,13 +338,85 @@ where
     }
 
     fn call(&mut self, address: A) -> Self::Future {
+        let dialer = Dialer {
+            builder: self.builder.clone(),
+            origin: self.origin.clone(),
+            keep_alive: self.keep_alive.clone(),
+            latest: self.latest.clone(),
+            replay: Arc::new(self.replay.clone()),
+            ahead: self.ahead.as_ref().map(Arc::downgrade),
+        };
+        let spare = self
+            .ahead
+            .as_ref()
+            .and_then(|ahead| ahead.take(&address.authority()));
+        Box::pin(async move {
+            if let Some(spare) = spare {
+                match spare.await {
+                    Ok(Ok(connection)) if !connection.is_closed() => {
+                        tracing::debug!("taking the connection dialed ahead of the request limit");
+                        return Ok(connection);
+                    }
+                    Ok(Ok(_)) => tracing::debug!("the connection dialed ahead closed before use"),
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "the connection dialed ahead failed");
+                    }
+                    Err(_) => {}
+                }
+            }
+            dialer.connect(address).await
+        })
+    }
+}
+
+/// What a connection is made with: the connector's settings as of the attempt.
+struct Dialer<B> {
+    builder: http2::Builder<TokioExecutor>,
+    origin: Option<Arc<Origin>>,
+    keep_alive: Arc<KeepAliveInterval>,
+    latest: Newest<Shared<B>>,
+    replay: Arc<ReplayConfig>,
+    /// Weak: a connection dialed ahead, held by the connector, watches its own frames with a
+    /// dialer, and must not keep the connector's state alive.
+    ahead: Option<Weak<Ahead<Http2Connection<B>>>>,
+}
+
+impl<B> Clone for Dialer<B> {
+    fn clone(&self) -> Self {
+        Self {
+            builder: self.builder.clone(),
+            origin: self.origin.clone(),
+            keep_alive: self.keep_alive.clone(),
+            latest: self.latest.clone(),
+            replay: self.replay.clone(),
+            ahead: self.ahead.clone(),
+        }
+    }
+}
+
+impl<B> Dialer<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// Dials `address`, performs the handshake, spawns the connection task, and waits for
+    /// the server's preface.
+    fn connect<A: Dial>(
+        self,
+        address: A,
+    ) -> Pin<Box<dyn Future<Output = Result<Http2Connection<B>, BoxError>> + Send>> {
         let mut builder = self.builder.clone();
         let keep_alive = self.keep_alive.clone();
         let interval = keep_alive.get();
         builder.keep_alive_interval(interval);
         let origin = origin_for(&self.origin, &address);
-        let latest = self.latest.clone();
-        let replay = Arc::new(self.replay.clone());
+        let ahead = self.ahead.clone();
+        let known = ahead.as_ref().and_then(Weak::upgrade);
+        let threshold = known.as_ref().and_then(|ahead| ahead.threshold());
+        let retire_after = known
+            .and_then(|ahead| ahead.limit())
+            .filter(|_| self.replay.max_replays > 0);
         Box::pin(async move {
             let stream = address.dial().await.map_err(|error| match error.kind() {
                 // The server took the connection and dropped it at once.
@@ -330,18 +426,46 @@ where
                 _ => BoxError::from(error),
             })?;
             let status = Arc::new(watch::Sender::new(Status::default()));
-            let frames = FrameWatch::new(status.clone()).on_goaway(Arc::new(move |goaway| {
-                keep_alive.on_goaway(interval, goaway)
+            let record = ahead.clone();
+            let mut frames = FrameWatch::new(status.clone()).on_goaway(Arc::new(move |goaway| {
+                keep_alive.on_goaway(interval, goaway);
+                if let Some(ahead) = record.as_ref().and_then(Weak::upgrade) {
+                    if goaway.error_code == 0 {
+                        ahead.record_goodbye(goaway.last_stream_id);
+                    }
+                }
             }));
+            if let (Some(threshold), Some(weak)) = (threshold, ahead.clone()) {
+                let (dialer, next) = (self.clone(), address.clone());
+                frames = frames.on_stream(
+                    threshold,
+                    Box::new(move || {
+                        if let Some(ahead) = weak.upgrade() {
+                            tracing::debug!(
+                                "dialing the next connection ahead of the server's request limit"
+                            );
+                            ahead.dial(next.authority(), dialer.connect(next));
+                        }
+                    }),
+                );
+            }
             let io = TokioIo::new(Sniff::new(stream, frames));
             let (send, connection) = builder
                 .handshake::<_, ReplayBody<B>>(io)
                 .await
                 .map_err(|error| NoPreface::because(error.into()))?;
             let ended = status.clone();
+            let forget = ahead.clone();
             tokio::spawn(async move {
                 let result = connection.await;
                 ended.send_modify(|status| status.ended = Some(result.map_err(Arc::new)));
+                let status = ended.borrow();
+                if status.retired && !status.goaway {
+                    // Retired at the limit, and the server never said goodbye: no limit.
+                    if let Some(ahead) = forget.as_ref().and_then(Weak::upgrade) {
+                        ahead.forget();
+                    }
+                }
             });
 
             // hyper's handshake returns before the server has said anything: wait for its
@@ -359,8 +483,8 @@ where
                     _ => NoPreface::because("the server closed the connection".into()),
                 });
             }
-            let newest = latest.subscribe();
-            let shared = resend::publish(&latest, |number| {
+            let newest = self.latest.subscribe();
+            let shared = resend::publish(&self.latest, |number| {
                 Arc::new(Shared {
                     send: Mutex::new(send.clone()),
                     origin,
@@ -368,8 +492,11 @@ where
                     lineage: Lineage {
                         number,
                         latest: newest,
-                        config: replay,
+                        config: self.replay.clone(),
                     },
+                    retire_after,
+                    sent: AtomicU32::new(0),
+                    publish: status.clone(),
                 })
             })?;
             Ok(Http2Connection { send, shared })
@@ -424,6 +551,13 @@ struct Shared<B> {
     status: watch::Receiver<Status>,
     /// Its number, and the connector's newest connection, for requests this one refuses.
     lineage: Lineage<Self>,
+    /// The server's request limit, when known (and resends are on): the connection retires
+    /// once it has sent this many requests.
+    retire_after: Option<u32>,
+    /// Requests sent (counted only when `retire_after` is set).
+    sent: AtomicU32,
+    /// Where the connection's retirement is published.
+    publish: Arc<watch::Sender<Status>>,
 }
 
 impl<B> Http2Connection<B> {
@@ -436,12 +570,13 @@ impl<B> Http2Connection<B> {
     /// keep-alive timeout or a `GOAWAY` with an error code is an error. A gRPC server's
     /// complaint of too many pings (`GOAWAY` `ENHANCE_YOUR_CALM`, `too_many_pings`) is
     /// [`CloseReason::Graceful`] whether or not the connection served: the connector has
-    /// doubled its keep-alive interval by then, and the replacement is made at once.
+    /// doubled its keep-alive interval by then, and the replacement is made at once. So is the
+    /// retirement of a connection at the server's known request limit (see
+    /// [`Http2Connector::dial_ahead`]).
     pub fn closed(&self) -> impl Future<Output = CloseReason> + Send + use<B> {
         let status = self.shared.status.clone();
         async move {
-            let status =
-                sniff::until(status, |status| status.goaway || status.ended.is_some()).await;
+            let status = sniff::until(status, closing).await;
             match status {
                 // Our pings were too frequent, not the server broken: replace at once.
                 Status {
@@ -460,13 +595,17 @@ impl<B> Http2Connection<B> {
                     goaway: false,
                     ..
                 } => CloseReason::Error(Box::new(ArcError(error))),
+                // Our own decision at the server's request limit: replace at once.
+                Status { retired: true, .. } => CloseReason::Graceful,
                 status if status.has_served() => CloseReason::Graceful,
                 _ => CloseReason::GracefulBeforeServing,
             }
         }
     }
 
-    /// Whether the connection has ended or the server has sent `GOAWAY`.
+    /// Whether the connection has ended, the server has sent `GOAWAY`, or the connection
+    /// has retired at the server's request limit (see
+    /// [`Http2Connector::dial_ahead`]).
     pub fn is_closed(&self) -> bool {
         self.shared.status_says_closed() || self.send.is_closed()
     }
@@ -502,19 +641,50 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.shared.status.borrow().goaway {
-            return Poll::Ready(Err(
-                "the server sent GOAWAY: this connection takes no new requests".into(),
-            ));
+        {
+            let status = self.shared.status.borrow();
+            if status.goaway {
+                return Poll::Ready(Err(
+                    "the server sent GOAWAY: this connection takes no new requests".into(),
+                ));
+            }
+            if status.retired {
+                return Poll::Ready(Err(
+                    "this connection reached the server's request limit: it takes no new requests"
+                        .into(),
+                ));
+            }
         }
         self.send.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let (request, kept) = Kept::prepare(request, &self.shared.lineage.config, true);
-        let sent = send_on(&mut self.send, &self.shared, request);
+        let sent = match self.shared.admit() {
+            Admit::Send => send_on(&mut self.send, &self.shared, request),
+            Admit::SendAndRetire => {
+                let sent = send_on(&mut self.send, &self.shared, request);
+                self.shared.retire();
+                sent
+            }
+            Admit::KeepBack => {
+                // Past the limit (clones made ready before the connection retired): the server
+                // would refuse it; it goes to the next connection unsent.
+                let kept_back = std::future::ready(Err(Failure::retired(request)));
+                return Box::pin(or_recover(kept_back, kept, self.shared.clone()));
+            }
+        };
         Box::pin(or_recover(sent, kept, self.shared.clone()))
     }
+}
+
+/// Whether a connection with a known request limit sends one more request.
+enum Admit {
+    Send,
+    /// The last one before the limit: send it, then retire the connection.
+    SendAndRetire,
+    /// Past the limit.
+    KeepBack,
 }
 
 /// Sends `request` (with the origin of `shared` filled in) through `send`, a sender of the
@@ -544,11 +714,43 @@ where
 }
 
 impl<B> Shared<B> {
-    /// The connection has ended, or the server has sent `GOAWAY`.
+    /// The connection has ended, the server has sent `GOAWAY`, or the connection has retired.
     fn status_says_closed(&self) -> bool {
-        let status = self.status.borrow();
-        status.goaway || status.ended.is_some()
+        closing(&self.status.borrow())
     }
+
+    /// Counts a request about to be sent, against the server's request limit if it is known
+    /// (every request counts, resends from older connections too).
+    fn admit(&self) -> Admit {
+        let Some(limit) = self.retire_after else {
+            return Admit::Send;
+        };
+        let sent = self.sent.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        match sent.cmp(&limit) {
+            std::cmp::Ordering::Less => Admit::Send,
+            std::cmp::Ordering::Equal => Admit::SendAndRetire,
+            std::cmp::Ordering::Greater => Admit::KeepBack,
+        }
+    }
+
+    /// The connection has sent as many requests as the server takes on one: it takes no new
+    /// one, and its close signal fires (a graceful close: the layer replaces it at once).
+    fn retire(&self) {
+        tracing::debug!(
+            limit = self.retire_after,
+            "the connection reached the server's request limit: retiring it"
+        );
+        self.publish.send_if_modified(|status| {
+            let changed = !status.retired;
+            status.retired = true;
+            changed
+        });
+    }
+}
+
+/// Whether a connection with `status` takes no new requests.
+fn closing(status: &Status) -> bool {
+    status.goaway || status.retired || status.ended.is_some()
 }
 
 impl<B> Resend for Shared<B>
@@ -581,7 +783,15 @@ where
             if let Err(error) = poll_fn(|cx| send.poll_ready(cx)).await {
                 return Err(Failure::handed_back(error.into(), request));
             }
-            send_on(&mut send, &self, request).await
+            match self.admit() {
+                Admit::Send => send_on(&mut send, &self, request).await,
+                Admit::SendAndRetire => {
+                    let sent = send_on(&mut send, &self, request);
+                    self.retire();
+                    sent.await
+                }
+                Admit::KeepBack => Err(Failure::retired(request)),
+            }
         }
     }
 }

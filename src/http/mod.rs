@@ -102,6 +102,7 @@
 //! [`PersistentConnectionLayer`]: crate::PersistentConnectionLayer
 //! [`PersistentConnectionLayer::http2`]: crate::PersistentConnectionLayer::http2
 
+mod ahead;
 mod dial;
 mod http1;
 mod http2;

@@ -165,6 +165,9 @@ pub(crate) enum Refusal {
     /// HTTP/1: the reused connection closed before any byte of the response to this
     /// idempotent request (RFC 9112, 9.3.1).
     ClosedBeforeResponse,
+    /// HTTP/2: the connection had reached the server's request limit; the request was kept
+    /// for the next one, never sent.
+    Retired,
 }
 
 impl fmt::Display for Refusal {
@@ -173,6 +176,7 @@ impl fmt::Display for Refusal {
             Self::HandedBack => "the connection closed before the request was written",
             Self::GoAway => "GOAWAY above its last stream id",
             Self::RefusedStream => "REFUSED_STREAM",
+            Self::Retired => "its connection had reached the server's request limit",
             Self::ClosedBeforeResponse => {
                 "its reused HTTP/1 connection closed before any byte of the response to this idempotent request"
             }
@@ -260,6 +264,15 @@ impl<B> Failure<B> {
             error: "the connection ended before the request was written".into(),
             refusal: Some(Refusal::HandedBack),
             request: None,
+        }
+    }
+
+    /// `request` was kept back: its connection had reached the server's request limit.
+    pub(crate) fn retired(request: Request<ReplayBody<B>>) -> Self {
+        Self {
+            error: "the connection had reached the server's request limit".into(),
+            refusal: Some(Refusal::Retired),
+            request: Some(request),
         }
     }
 
@@ -455,7 +468,10 @@ where
             return not_processed(Why::ConnectorGone, failure.error);
         };
         replays += 1;
-        config.counters.replayed();
+        if refusal != Refusal::Retired {
+            // Kept back, not refused: no resend of the server's doing.
+            config.counters.replayed();
+        }
         tracing::debug!(
             %refusal,
             replay = replays,

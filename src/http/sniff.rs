@@ -29,6 +29,9 @@ use super::observe::{Observed, ReadObserver};
 pub(crate) struct Status {
     /// The server's first frame has arrived.
     pub(crate) preface: bool,
+    /// HTTP/2: the connection reached the server's request limit and takes no new request
+    /// (see `ahead`).
+    pub(crate) retired: bool,
     /// The server sent `GOAWAY`.
     pub(crate) goaway: bool,
     /// The server has answered at least one request: a `HEADERS` frame arrived on a stream.
@@ -132,11 +135,16 @@ pub(crate) const GOAWAY_DEBUG_DATA: usize = 64;
 /// `io` with its inbound HTTP/2 frame headers observed.
 pub(crate) type Sniff<T> = Observed<T, FrameWatch>;
 
+/// Called once, when a response arrives on a stream at or past a threshold.
+pub(crate) type OnStream = Box<dyn FnOnce() + Send>;
+
 /// Publishes in a [`Status`] what the frames read from a connection say.
 pub(crate) struct FrameWatch {
     status: Arc<watch::Sender<Status>>,
     frames: Frames,
     on_goaway: Option<OnGoAway>,
+    /// A stream id, and what to call once a response has arrived on it or a later stream.
+    on_stream: Option<(u32, OnStream)>,
 }
 
 impl FrameWatch {
@@ -145,7 +153,15 @@ impl FrameWatch {
             status,
             frames: Frames::default(),
             on_goaway: None,
+            on_stream: None,
         }
+    }
+
+    /// Calls `hook` once, when the first response (`HEADERS`) on stream `stream` or a later
+    /// one arrives.
+    pub(crate) fn on_stream(mut self, stream: u32, hook: OnStream) -> Self {
+        self.on_stream = Some((stream, hook));
+        self
     }
 
     /// Calls `hook` with each `GOAWAY`, before it is published in the status (so whoever
@@ -160,6 +176,15 @@ impl ReadObserver for FrameWatch {
     fn observe(&mut self, bytes: &[u8]) {
         self.frames
             .observe(bytes, &self.status, self.on_goaway.as_ref());
+        if self
+            .on_stream
+            .as_ref()
+            .is_some_and(|(stream, _)| self.frames.highest_response >= *stream)
+        {
+            if let Some((_, hook)) = self.on_stream.take() {
+                hook();
+            }
+        }
     }
 }
 
@@ -172,6 +197,8 @@ struct Frames {
     payload: usize,
     /// The kept bytes of the current `GOAWAY`'s payload, while it is being read.
     goaway: Option<Vec<u8>>,
+    /// The highest stream on which a response (`HEADERS`) has arrived; 0 before any.
+    highest_response: u32,
 }
 
 impl Frames {
@@ -209,7 +236,11 @@ impl Frames {
                     | usize::from(header[1]) << 8
                     | usize::from(header[2]);
                 let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
-                let served = header[3] == HEADERS && stream & 0x7fff_ffff != 0;
+                let stream = stream & 0x7fff_ffff;
+                let served = header[3] == HEADERS && stream != 0;
+                if served {
+                    self.highest_response = self.highest_response.max(stream);
+                }
                 status.send_if_modified(|status| {
                     let changed = !status.preface || (served && !status.served);
                     status.preface = true;
@@ -282,7 +313,9 @@ mod tests {
             status.goaway = true;
             false
         });
-        let seen = closing.now_or_never().expect("ready on the first poll after the change");
+        let seen = closing
+            .now_or_never()
+            .expect("ready on the first poll after the change");
         assert!(seen.goaway);
     }
 
