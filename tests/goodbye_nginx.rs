@@ -404,7 +404,7 @@ impl SlicedRun {
 /// costs no request: 0 failed, no failed attempt, never `State::Waiting`. The throughput is
 /// compared with the same load where nginx never says goodbye (`keepalive_requests 1000000`),
 /// measured in alternating 1 s slices (10 each) so that the machine's load drifting during
-/// the test weighs on both alike; the ratio is printed (0.88-1.09 over runs on a 2-core
+/// the test weighs on both alike; the ratio is printed (0.96-1.00 over runs on a 2-core
 /// machine) and asserted at 0.5x, which a layer that waits a retry delay after a goodbye
 /// fails by far (it measured 0.010x), while a loaded machine does not make it flaky.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
