@@ -18,7 +18,10 @@ use crate::{
     BoxError,
     close::CloseSignal,
     discover::{self, GetAddress},
-    driver::{Driver, Settings},
+    driver::{
+        Driver, Hooks, Settings,
+        erased::{Check, Hook, Maker, Signal},
+    },
     error::InvalidJitter,
     event::OnEvent,
     health::HealthCheck,
@@ -426,7 +429,7 @@ where
         let driver = Driver::new(
             shared.clone(),
             inbox,
-            maker,
+            Maker::new(maker),
             config.get_address.clone(),
             Backoff::new(
                 config.retry_policy.clone(),
@@ -439,9 +442,11 @@ where
                 health_check_interval: config.health_check_interval,
                 max_connection_age: config.max_connection_age,
             },
-            self.on_event.clone(),
-            self.close_signal.clone(),
-            self.health_check.clone(),
+            Hooks {
+                on_event: Hook::new(self.on_event.clone()),
+                close_signal: Signal::new(self.close_signal.clone()),
+                health_check: Check::new(self.health_check.clone()),
+            },
         );
         runtime.spawn(driver.run());
         PersistentConnection::new(shared, commands)

@@ -4,37 +4,31 @@
 
 use std::{
     future::{Future, poll_fn},
-    pin::Pin,
-    sync::Arc as StdArc,
     time::Duration,
 };
 
 use tokio::time::{Instant, timeout_at};
 use tower_service::Service;
 
+use super::erased::{BoxFuture, Check, Maker, Signal};
 use crate::{
-    BoxError,
-    close::CloseSignal,
+    close::CloseReason,
     error::ConnectError,
-    health::{HealthCheck, NotServing},
+    health::NotServing,
     panic::{self, Guarded, guarded},
 };
 
 /// The result of a whole attempt run as one future (a rotation's, started while serving): the
 /// maker handed back, and the address with the new connection, or the failure.
-pub(super) type AttemptOutput<A, M, C> = (
-    M,
-    Result<(A, Connection<<M as Service<A>>::Response, C>), ConnectError>,
-);
+pub(super) type AttemptOutput<A, S> = (Maker<A, S>, Result<(A, Connection<S>), ConnectError>);
 
 /// A whole attempt as one future, owning the maker while it runs.
-pub(super) type AttemptFuture<A, M, C> =
-    Pin<Box<dyn Future<Output = AttemptOutput<A, M, C>> + Send>>;
+pub(super) type AttemptFuture<A, S> = BoxFuture<AttemptOutput<A, S>>;
 
 /// A new connection and the future of its close signal (a panic in it is caught).
-pub(super) struct Connection<S, C: CloseSignal<S>> {
+pub(super) struct Connection<S> {
     pub(super) service: S,
-    pub(super) closed: Guarded<C::Future>,
+    pub(super) closed: Guarded<BoxFuture<CloseReason>>,
 }
 
 /// Runs one step of an attempt, user code that returns a future (`call`, called now), until
@@ -61,46 +55,34 @@ where
 }
 
 /// What connecting needs besides the maker, owned, so an attempt can run beside the driver.
-pub(super) struct Dialer<C, H> {
-    pub(super) health_check: StdArc<H>,
-    pub(super) close_signal: StdArc<C>,
+pub(super) struct Dialer<S> {
+    pub(super) health_check: Check<S>,
+    pub(super) close_signal: Signal<S>,
     /// The health check interval: a new connection whose server answers "not serving" is
     /// checked again after it, within the attempt's deadline.
     pub(super) recheck: Option<Duration>,
     pub(super) timeout: Duration,
 }
 
-impl<C, H> Dialer<C, H> {
+impl<S> Dialer<S> {
     /// The maker's `call`, then the health check, then the close signal; all within
     /// `deadline`. Hands the maker back with the outcome.
-    pub(super) async fn connect<A, M>(
+    pub(super) async fn connect<A>(
         self,
-        mut maker: M,
+        mut maker: Maker<A, S>,
         address: A,
         deadline: Instant,
-    ) -> (M, Result<Connection<M::Response, C>, ConnectError>)
-    where
-        M: Service<A>,
-        M::Error: Into<BoxError>,
-        C: CloseSignal<M::Response>,
-        H: HealthCheck<M::Response>,
-    {
+    ) -> (Maker<A, S>, Result<Connection<S>, ConnectError>) {
         let outcome = self.connect_with(&mut maker, address, deadline).await;
         (maker, outcome)
     }
 
-    async fn connect_with<A, M>(
+    async fn connect_with<A>(
         &self,
-        maker: &mut M,
+        maker: &mut Maker<A, S>,
         address: A,
         deadline: Instant,
-    ) -> Result<Connection<M::Response, C>, ConnectError>
-    where
-        M: Service<A>,
-        M::Error: Into<BoxError>,
-        C: CloseSignal<M::Response>,
-        H: HealthCheck<M::Response>,
-    {
+    ) -> Result<Connection<S>, ConnectError> {
         let connection = bounded(
             deadline,
             self.timeout,
@@ -108,7 +90,7 @@ impl<C, H> Dialer<C, H> {
                 poll_fn(|cx| maker.poll_ready(cx)).await?;
                 maker.call(address).await
             },
-            |error: M::Error| ConnectError::connect(error.into()),
+            ConnectError::connect,
         )
         .await?;
 

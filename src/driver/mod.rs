@@ -1,28 +1,10 @@
 //! The driver: the background task, one per layer application, that keeps the connection up.
-//!
-//! It runs connection *cycles*. Each cycle reports `AttemptingToConnect`, then makes attempts
-//! (arm the retry timer, discover the address, connect, check health, all bounded by the
-//! connect timeout) until one succeeds, publishes the connection to every service clone, and
-//! serves until the connection ends; then it reports `Disconnected` and decides, from how the
-//! connection ended, whether the next cycle starts at once or after the retry timer armed
-//! before the successful attempt:
-//!
-//! - the server's goodbye after serving (`CloseReason::Graceful`: `GOAWAY`, `Connection:
-//!   close`, an idle close), or a goodbye before serving from a connection that outlived the
-//!   flap guard: at once, and no failure is counted;
-//! - anything else (an error, a failed `poll_ready`, a failed health check, a goodbye before
-//!   serving from a young connection): at the retry timer, which has already expired if the
-//!   connection lived longer than the delay.
-//!
-//! While serving, two things keep the connection without ending the cycle:
-//!
-//! - a periodic health check that answers [`NotServing`](crate::NotServing) withdraws the
-//!   connection (requests wait) and publishes it again when the server serves again;
-//! - with a maximum connection age, the driver makes the replacement *before* breaking the old
-//!   one: the old one serves until the new one is connected and healthy, then the new one is
-//!   published (reported as `Disconnected` of the old, then a cycle for the new one). If the
-//!   replacement attempt fails, the old keeps serving and the rotation is tried again after
-//!   the retry delay.
+//! Its loop, [`Driver::run_cycles`] just below, is the seed's: connect until successful,
+//! serve until the connection ends, then start again at once (the server said goodbye) or
+//! when the retry timer expires (anything else). The rest of this module is the steps it
+//! names; `attempt.rs` bounds and guards each attempt's user code, `retry.rs` owns the retry
+//! policy and its streak, `report.rs` is the one place that tells handles, hooks and the log,
+//! `inbox.rs` takes commands while the driver waits, `erased.rs` erases the maker and hooks.
 //!
 //! # Shutdown
 //!
@@ -34,6 +16,7 @@
 //! and wakes every waiter, so no caller is left `Pending` forever.
 
 mod attempt;
+pub(crate) mod erased;
 mod inbox;
 mod report;
 mod retry;
@@ -45,23 +28,22 @@ use tokio::{
     sync::mpsc::UnboundedReceiver,
     time::{Instant, sleep_until},
 };
-use tower_service::Service;
 use tracing::{debug, info, trace, warn};
 
 use self::{
     attempt::{AttemptFuture, Connection, Dialer, bounded, is_not_serving_error},
+    erased::{Check, Hook, Maker, Signal},
     inbox::Inbox,
     report::Reporter,
     retry::{GaveUp, Retry},
 };
 use crate::{
     BoxError,
-    close::{CloseReason, CloseSignal},
+    close::CloseReason,
     command::Command,
     discover::GetAddress,
     error::ConnectError,
-    event::{Event, OnEvent},
-    health::HealthCheck,
+    event::Event,
     panic,
     retry::Backoff,
     shared::{Ending, Shared, Word},
@@ -69,191 +51,17 @@ use crate::{
     sync::Arc,
 };
 
-/// What a driver is told by the layer, besides its maker and hooks.
-pub(crate) struct Settings {
-    /// Bounds discovery plus connect plus the first health check of one attempt.
-    pub(crate) connect_timeout: Duration,
-    /// A connection that lived at least this long resets the retry policy's failure count,
-    /// and its goodbye is not a failure even if it served nothing.
-    pub(crate) flap_guard: Duration,
-    /// How often to check a live connection's health, if at all.
-    pub(crate) health_check_interval: Option<Duration>,
-    /// Replace a connection make-before-break once it is this old (jittered), if set.
-    pub(crate) max_connection_age: Option<Duration>,
-}
-
-/// Why the driver stopped.
-#[derive(Debug, Clone, Copy)]
-enum Stop {
-    /// `close()` or `close_after_current()`.
-    Closed,
-    /// The retry policy gave up.
-    GaveUp,
-    /// Every service clone and handle is gone.
-    Abandoned,
-}
-
-impl fmt::Display for Stop {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Closed => "closed",
-            Self::GaveUp => "the retry policy gave up",
-            Self::Abandoned => "every service clone and handle was dropped",
-        })
-    }
-}
-
-/// Everything one driver owns. `M` is the maker, `E` the event hook, `C` the close signal,
-/// `H` the health check.
-pub(crate) struct Driver<A, M: Service<A>, E, C: CloseSignal<M::Response>, H> {
-    shared: Arc<Shared<M::Response>>,
-    inbox: Inbox,
-    /// The maker; `None` while a rotation's attempt owns it (see `in_flight`).
-    maker: Option<M>,
-    get_address: GetAddress<A>,
-    settings: Settings,
-    retry: Retry,
-    report: Reporter<A, M::Response, E>,
-    close_signal: std::sync::Arc<C>,
-    health_check: std::sync::Arc<H>,
-    close_after_current: bool,
-    /// A rotation's attempt that was still running when the connection it was to replace
-    /// ended: the next cycle's first attempt.
-    in_flight: Option<AttemptFuture<A, M, C>>,
-    /// Declared last so it runs after everything else the driver owns has been dropped.
-    _end: EndGuard<M::Response>,
-}
-
-impl From<GaveUp> for Stop {
-    fn from(_: GaveUp) -> Self {
-        Self::GaveUp
-    }
-}
-
-/// The outcome of one periodic health check.
-enum Health {
-    Serving,
-    NotServing,
-    Failed(BoxError),
-}
-
-/// How a served connection ended.
-enum Disconnect {
-    /// Its close signal fired.
-    Signal(CloseReason),
-    /// A service clone's `poll_ready` on it failed.
-    Failed(BoxError),
-    /// A periodic health check failed.
-    Unhealthy(BoxError),
-}
-
-/// How serving a connection ended.
-enum Served<A, S, C: CloseSignal<S>> {
-    /// The connection ended; `at_once` says whether the next cycle starts at once.
-    Ended { at_once: bool },
-    /// It reached its maximum age and was replaced by `connection` (already withdrawn and
-    /// reported `Disconnected`; the new one is not published yet).
-    Rotated {
-        address: A,
-        connection: Connection<S, C>,
-    },
-}
-
-/// The reason a close signal gave, or the panic it ended with.
-fn signal_reason(reason: std::thread::Result<CloseReason>) -> CloseReason {
-    reason.unwrap_or_else(|panic| {
-        CloseReason::Error(format!("close signal panicked: {}", panic::message(&*panic)).into())
-    })
-}
-
-/// For the log: the connection's error with its causes (hyper's own text leaves out the
-/// cause, e.g. "connection error" for a reset).
-impl fmt::Display for Disconnect {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (prefix, error): (&str, &(dyn std::error::Error + 'static)) = match self {
-            Self::Signal(CloseReason::Error(error)) => ("closed with error", &**error),
-            Self::Signal(reason) => return fmt::Display::fmt(reason, f),
-            Self::Failed(error) => ("poll_ready failed", &**error),
-            Self::Unhealthy(error) => ("health check failed", &**error),
-        };
-        write!(f, "{prefix}: {error}")?;
-        let mut last = error.to_string();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            let text = cause.to_string();
-            if !last.contains(&text) {
-                write!(f, ": {text}")?;
-            }
-            last = text;
-            source = cause.source();
-        }
-        Ok(())
-    }
-}
-
-// === impl Driver ===
-
-impl<A, M, E, C, H> Driver<A, M, E, C, H>
+impl<A, S> Driver<A, S>
 where
     A: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
-    M: Service<A> + Send + 'static,
-    M::Response: Clone + Send + 'static,
-    M::Error: Into<BoxError>,
-    M::Future: Send + 'static,
-    E: OnEvent<A, M::Response>,
-    C: CloseSignal<M::Response>,
-    H: HealthCheck<M::Response>,
+    S: Clone + Send + 'static,
 {
-    /// A driver for `maker`, reporting to `shared` and taking commands from `commands`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        shared: Arc<Shared<M::Response>>,
-        commands: UnboundedReceiver<Command>,
-        maker: M,
-        get_address: GetAddress<A>,
-        backoff: Backoff,
-        settings: Settings,
-        on_event: std::sync::Arc<E>,
-        close_signal: std::sync::Arc<C>,
-        health_check: std::sync::Arc<H>,
-    ) -> Self {
-        Self {
-            report: Reporter::new(shared.clone(), on_event),
-            _end: EndGuard(shared.clone()),
-            shared,
-            inbox: Inbox::new(commands),
-            maker: Some(maker),
-            get_address,
-            settings,
-            retry: Retry::new(backoff),
-            close_signal,
-            health_check,
-            close_after_current: false,
-            in_flight: None,
-        }
-    }
-
-    /// Runs cycles until the driver stops.
-    pub(crate) async fn run(mut self) {
-        let Err(stop) = self.run_cycles().await;
-        // Closed before the hook hears it, so the state it is told matches the handle's.
-        drop(self.shared.close().1);
-        self.report.enter(State::Closed);
-        if let Stop::GaveUp = stop {
-            warn!(
-                persistent_connection_to = %self.shared.server_name,
-                consecutive_failures = self.retry.failures(),
-                last_error = ?self.retry.last_error(),
-                "the retry policy gave up; closing",
-            );
-        }
-        debug!(
-            persistent_connection_to = %self.shared.server_name,
-            reason = ?stop,
-            "driver stopped",
-        );
-    }
-
+    /// The loop. Each cycle reports `AttemptingToConnect`, attempts until one succeeds (arm
+    /// the retry timer, discover, connect, check health, within the connect timeout), serves
+    /// the connection until it ends (a periodic check that says "not serving" only withdraws
+    /// it; a maximum age replaces it make-before-break), reports `Disconnected`, and starts the
+    /// next cycle at once after a goodbye, else when the timer armed before the successful
+    /// attempt expires. Only a stop (close, the policy giving up, every clone gone) ends it.
     async fn run_cycles(&mut self) -> Result<Infallible, Stop> {
         self.report.tell_state(State::Connecting);
         loop {
@@ -299,6 +107,195 @@ where
             }
         }
     }
+}
+
+/// What a driver is told by the layer, besides its maker and hooks.
+pub(crate) struct Settings {
+    /// Bounds discovery plus connect plus the first health check of one attempt.
+    pub(crate) connect_timeout: Duration,
+    /// A connection that lived at least this long resets the retry policy's failure count,
+    /// and its goodbye is not a failure even if it served nothing.
+    pub(crate) flap_guard: Duration,
+    /// How often to check a live connection's health, if at all.
+    pub(crate) health_check_interval: Option<Duration>,
+    /// Replace a connection make-before-break once it is this old (jittered), if set.
+    pub(crate) max_connection_age: Option<Duration>,
+}
+
+/// The user's code the driver calls, besides the maker: the event hook, the close signal,
+/// the health check.
+pub(crate) struct Hooks<A, S> {
+    pub(crate) on_event: Hook<A, S>,
+    pub(crate) close_signal: Signal<S>,
+    pub(crate) health_check: Check<S>,
+}
+
+/// Why the driver stopped.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// `close()` or `close_after_current()`.
+    Closed,
+    /// The retry policy gave up.
+    GaveUp,
+    /// Every service clone and handle is gone.
+    Abandoned,
+}
+
+impl fmt::Display for Stop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Closed => "closed",
+            Self::GaveUp => "the retry policy gave up",
+            Self::Abandoned => "every service clone and handle was dropped",
+        })
+    }
+}
+
+/// Everything one driver owns. `M` is the maker, `E` the event hook, `C` the close signal,
+/// `H` the health check.
+pub(crate) struct Driver<A, S> {
+    shared: Arc<Shared<S>>,
+    inbox: Inbox,
+    /// The maker; `None` while a rotation's attempt owns it (see `in_flight`).
+    maker: Option<Maker<A, S>>,
+    get_address: GetAddress<A>,
+    settings: Settings,
+    retry: Retry,
+    report: Reporter<A, S>,
+    close_signal: Signal<S>,
+    health_check: Check<S>,
+    close_after_current: bool,
+    /// A rotation's attempt that was still running when the connection it was to replace
+    /// ended: the next cycle's first attempt.
+    in_flight: Option<AttemptFuture<A, S>>,
+    /// Declared last so it runs after everything else the driver owns has been dropped.
+    _end: EndGuard<S>,
+}
+
+impl From<GaveUp> for Stop {
+    fn from(_: GaveUp) -> Self {
+        Self::GaveUp
+    }
+}
+
+/// The outcome of one periodic health check.
+enum Health {
+    Serving,
+    NotServing,
+    Failed(BoxError),
+}
+
+/// How a served connection ended.
+enum Disconnect {
+    /// Its close signal fired.
+    Signal(CloseReason),
+    /// A service clone's `poll_ready` on it failed.
+    Failed(BoxError),
+    /// A periodic health check failed.
+    Unhealthy(BoxError),
+}
+
+/// How serving a connection ended.
+enum Served<A, S> {
+    /// The connection ended; `at_once` says whether the next cycle starts at once.
+    Ended { at_once: bool },
+    /// It reached its maximum age and was replaced by `connection` (already withdrawn and
+    /// reported `Disconnected`; the new one is not published yet).
+    Rotated {
+        address: A,
+        connection: Connection<S>,
+    },
+}
+
+/// The reason a close signal gave, or the panic it ended with.
+fn signal_reason(reason: std::thread::Result<CloseReason>) -> CloseReason {
+    reason.unwrap_or_else(|panic| {
+        CloseReason::Error(format!("close signal panicked: {}", panic::message(&*panic)).into())
+    })
+}
+
+/// For the log: the connection's error with its causes (hyper's own text leaves out the
+/// cause, e.g. "connection error" for a reset).
+impl fmt::Display for Disconnect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (prefix, error): (&str, &(dyn std::error::Error + 'static)) = match self {
+            Self::Signal(CloseReason::Error(error)) => ("closed with error", &**error),
+            Self::Signal(reason) => return fmt::Display::fmt(reason, f),
+            Self::Failed(error) => ("poll_ready failed", &**error),
+            Self::Unhealthy(error) => ("health check failed", &**error),
+        };
+        write!(f, "{prefix}: {error}")?;
+        let mut last = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !last.contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            last = text;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+// === impl Driver ===
+
+impl<A, S> Driver<A, S>
+where
+    A: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
+    S: Clone + Send + 'static,
+{
+    /// A driver for `maker`, reporting to `shared` and taking commands from `commands`.
+    pub(crate) fn new(
+        shared: Arc<Shared<S>>,
+        commands: UnboundedReceiver<Command>,
+        maker: Maker<A, S>,
+        get_address: GetAddress<A>,
+        backoff: Backoff,
+        settings: Settings,
+        Hooks {
+            on_event,
+            close_signal,
+            health_check,
+        }: Hooks<A, S>,
+    ) -> Self {
+        Self {
+            report: Reporter::new(shared.clone(), on_event),
+            _end: EndGuard(shared.clone()),
+            shared,
+            inbox: Inbox::new(commands),
+            maker: Some(maker),
+            get_address,
+            settings,
+            retry: Retry::new(backoff),
+            close_signal,
+            health_check,
+            close_after_current: false,
+            in_flight: None,
+        }
+    }
+
+    /// Runs cycles until the driver stops.
+    pub(crate) async fn run(mut self) {
+        let Err(stop) = self.run_cycles().await;
+        // Closed before the hook hears it, so the state it is told matches the handle's.
+        drop(self.shared.close().1);
+        self.report.enter(State::Closed);
+        if let Stop::GaveUp = stop {
+            warn!(
+                persistent_connection_to = %self.shared.server_name,
+                consecutive_failures = self.retry.failures(),
+                last_error = ?self.retry.last_error(),
+                "the retry policy gave up; closing",
+            );
+        }
+        debug!(
+            persistent_connection_to = %self.shared.server_name,
+            reason = ?stop,
+            "driver stopped",
+        );
+    }
 
     /// Starts a cycle: forgets what the last one reported (so its first address and error are
     /// reported again) and reports `AttemptingToConnect`.
@@ -333,9 +330,7 @@ where
 
     /// Attempts until one succeeds; returns the connection with its close signal, and the
     /// time its retry timer expires.
-    async fn connect_until_successful(
-        &mut self,
-    ) -> Result<(Connection<M::Response, C>, Instant), Stop> {
+    async fn connect_until_successful(&mut self) -> Result<(Connection<S>, Instant), Stop> {
         loop {
             // ## Connecting => (Connected | Waiting)
             //
@@ -408,7 +403,7 @@ where
 
     /// One attempt of a cycle: discover the address (reported as soon as it is known), then
     /// connect, each step cancelled at once by `close()`.
-    async fn attempt(&mut self) -> Result<Result<Connection<M::Response, C>, ConnectError>, Stop> {
+    async fn attempt(&mut self) -> Result<Result<Connection<S>, ConnectError>, Stop> {
         let deadline = Instant::now() + self.settings.connect_timeout;
         let address = match self.inbox.race(self.discover(deadline)).await? {
             Ok(address) => address,
@@ -423,7 +418,7 @@ where
 
     /// An attempt as one future that owns what it needs (a rotation's, run while the old
     /// connection serves): the driver stays free to serve meanwhile.
-    fn whole_attempt(&mut self) -> AttemptFuture<A, M, C> {
+    fn whole_attempt(&mut self) -> AttemptFuture<A, S> {
         let deadline = Instant::now() + self.settings.connect_timeout;
         let discover = self.discover(deadline);
         let maker = self.take_maker();
@@ -442,7 +437,7 @@ where
     fn discover(
         &self,
         deadline: Instant,
-    ) -> impl Future<Output = Result<A, ConnectError>> + Send + 'static + use<A, M, E, C, H> {
+    ) -> impl Future<Output = Result<A, ConnectError>> + Send + 'static + use<A, S> {
         let get_address = self.get_address.clone();
         let timeout = self.settings.connect_timeout;
         async move { bounded(deadline, timeout, || get_address(), ConnectError::discovery).await }
@@ -454,21 +449,21 @@ where
         &mut self,
         address: A,
         deadline: Instant,
-    ) -> impl Future<Output = (M, Result<Connection<M::Response, C>, ConnectError>)>
+    ) -> impl Future<Output = (Maker<A, S>, Result<Connection<S>, ConnectError>)>
     + Send
     + 'static
-    + use<A, M, E, C, H> {
+    + use<A, S> {
         let maker = self.take_maker();
         self.dialer().connect(maker, address, deadline)
     }
 
-    fn take_maker(&mut self) -> M {
+    fn take_maker(&mut self) -> Maker<A, S> {
         self.maker
             .take()
             .expect("the maker is handed back before the next attempt starts")
     }
 
-    fn dialer(&self) -> Dialer<C, H> {
+    fn dialer(&self) -> Dialer<S> {
         Dialer {
             health_check: self.health_check.clone(),
             close_signal: self.close_signal.clone(),
@@ -480,8 +475,8 @@ where
     /// Publishes `connection` and serves until it ends or is rotated.
     async fn serve_until_disconnected(
         &mut self,
-        connection: Connection<M::Response, C>,
-    ) -> Result<Served<A, M::Response, C>, Stop> {
+        connection: Connection<S>,
+    ) -> Result<Served<A, S>, Stop> {
         let Connection {
             service: connection,
             closed,
@@ -509,7 +504,7 @@ where
             .settings
             .max_connection_age
             .map(|age| Instant::now() + self.retry.jittered(age));
-        let mut rotation: Option<AttemptFuture<A, M, C>> = None;
+        let mut rotation: Option<AttemptFuture<A, S>> = None;
 
         // ## Connected => Disconnected
         //
@@ -638,7 +633,7 @@ where
         ending: Result<Ending, Stop>,
         reason: &str,
         lived: Duration,
-        service: Option<M::Response>,
+        service: Option<S>,
     ) {
         if let Some(word) = word {
             drop(self.shared.withdraw(word));
@@ -659,8 +654,8 @@ where
     /// Without an interval: a future that never resolves.
     fn next_health_check(
         &self,
-        connection: Option<&M::Response>,
-    ) -> impl Future<Output = Health> + Send + use<A, M, E, C, H> {
+        connection: Option<&S>,
+    ) -> impl Future<Output = Health> + Send + use<A, S> {
         let checked =
             self.settings
                 .health_check_interval

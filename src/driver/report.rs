@@ -6,6 +6,7 @@ use std::fmt;
 
 use tracing::{debug, info, warn};
 
+use super::erased::Hook;
 use crate::{
     event::{Event, OnEvent},
     panic,
@@ -15,20 +16,20 @@ use crate::{
 };
 
 /// Tells handles, hooks and the log what the driver does.
-pub(crate) struct Reporter<A, S, E> {
+pub(crate) struct Reporter<A, S> {
     shared: Arc<Shared<S>>,
-    on_event: std::sync::Arc<E>,
+    on_event: Hook<A, S>,
     /// The last address and error text reported in this cycle.
     address: Option<A>,
     error: Option<String>,
 }
 
-impl<A, S, E> Reporter<A, S, E>
+impl<A, S> Reporter<A, S>
 where
-    A: PartialEq + Clone + fmt::Debug,
-    E: OnEvent<A, S>,
+    A: PartialEq + Clone + fmt::Debug + 'static,
+    S: 'static,
 {
-    pub(crate) fn new(shared: Arc<Shared<S>>, on_event: std::sync::Arc<E>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared<S>>, on_event: Hook<A, S>) -> Self {
         Self {
             shared,
             on_event,
