@@ -22,13 +22,13 @@ use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
 
 use super::{
-    ArcError, Dial, InvalidOrigin, Origin, name_origin,
+    ArcError, Dial, InvalidOrigin,
+    core::Core,
     observe::{Observed, ReadObserver},
-    origin_for,
     replay::ReplayBody,
     resend::{
-        self, Failure, Kept, Lineage, Newest, Refusal, ReplayConfig, Resend, h1_closed,
-        is_idempotent, mark_untaken, or_recover, unless_stranded,
+        self, Failure, Kept, Lineage, Refusal, Resend, h1_closed, is_idempotent, mark_untaken,
+        or_recover, unless_stranded,
     },
     sniff::{self, Status},
 };
@@ -53,10 +53,7 @@ use crate::{
 /// sent again. See the [module documentation](super).
 pub struct Http1Connector<B> {
     builder: http1::Builder,
-    origin: Option<Arc<Origin>>,
-    /// This connector's newest connection, where refused requests are sent again.
-    latest: Newest<Shared<B>>,
-    replay: ReplayConfig,
+    core: Core<Shared<B>>,
     _body: PhantomData<fn(B)>,
 }
 
@@ -65,9 +62,7 @@ impl<B> Http1Connector<B> {
     pub fn new() -> Self {
         Self {
             builder: http1::Builder::new(),
-            origin: None,
-            latest: resend::newest(),
-            replay: ReplayConfig::new(),
+            core: Core::new(),
             _body: PhantomData,
         }
     }
@@ -94,7 +89,7 @@ impl<B> Http1Connector<B> {
     ///
     /// [`InvalidOrigin`] if `origin` is not `[scheme://]host[:port]`.
     pub fn try_origin(mut self, origin: &str) -> Result<Self, InvalidOrigin> {
-        self.origin = Some(Arc::new(Origin::parse(origin)?));
+        self.core.set_origin(origin)?;
         Ok(self)
     }
 
@@ -104,7 +99,7 @@ impl<B> Http1Connector<B> {
     ///
     /// A request the server may have processed is never sent again.
     pub fn max_replays(mut self, max: usize) -> Self {
-        self.replay.max_replays = max;
+        self.core.replay.max_replays = max;
         self
     }
 
@@ -112,7 +107,7 @@ impl<B> Http1Connector<B> {
     /// body was larger fails with [`NotProcessed`](super::NotProcessed) when its connection
     /// closes before the response. Empty bodies cost nothing. Default is 64 KiB.
     pub fn max_replay_body(mut self, bytes: usize) -> Self {
-        self.replay.max_body = bytes;
+        self.core.replay.max_body = bytes;
         self
     }
 
@@ -135,9 +130,7 @@ impl<B> Clone for Http1Connector<B> {
     fn clone(&self) -> Self {
         Self {
             builder: self.builder.clone(),
-            origin: self.origin.clone(),
-            latest: resend::newest(),
-            replay: self.replay.clone(),
+            core: self.core.fork(),
             _body: PhantomData,
         }
     }
@@ -146,7 +139,7 @@ impl<B> Clone for Http1Connector<B> {
 impl<B> fmt::Debug for Http1Connector<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Http1Connector")
-            .field("origin", &self.origin)
+            .field("origin", &self.core.origin)
             .finish_non_exhaustive()
     }
 }
@@ -168,9 +161,9 @@ where
 
     fn call(&mut self, address: A) -> Self::Future {
         let builder = self.builder.clone();
-        let origin = origin_for(&self.origin, &address);
-        let latest = self.latest.clone();
-        let replay = Arc::new(self.replay.clone());
+        let origin = self.core.origin_for(&address);
+        let latest = self.core.latest.clone();
+        let replay = Arc::new(self.core.replay.clone());
         Box::pin(async move {
             let stream = address.dial().await?;
             let read = Arc::new(AtomicU64::new(0));
@@ -469,8 +462,7 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        name_origin(&mut connector.origin, self.explicit_name());
-        let counters = connector.replay.counters.clone();
+        let counters = connector.core.wire(self.explicit_name());
         tower_layer::Layer::layer(
             &self
                 .with_request_counters(counters)

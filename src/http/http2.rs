@@ -25,8 +25,9 @@ use tower_service::Service;
 use super::{
     ArcError, Dial, InvalidOrigin, Origin,
     ahead::Ahead,
+    core::Core,
     keep_alive::KeepAliveInterval,
-    name_origin, origin_for,
+    origin_for,
     replay::ReplayBody,
     resend::{
         self, Failure, Kept, Lineage, Newest, ReplayConfig, Resend, h2_refusal, mark_untaken,
@@ -116,11 +117,8 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// ```
 pub struct Http2Connector<B> {
     builder: http2::Builder<TokioExecutor>,
-    origin: Option<Arc<Origin>>,
+    core: Core<Shared<B>>,
     keep_alive: Arc<KeepAliveInterval>,
-    /// This connector's newest connection, where refused requests are sent again.
-    latest: Newest<Shared<B>>,
-    replay: ReplayConfig,
     /// The server's request limit and the connection dialed ahead of it; `None` when off.
     ahead: Option<Arc<Ahead<Http2Connection<B>>>>,
     _body: PhantomData<fn(B)>,
@@ -139,10 +137,8 @@ impl<B> Http2Connector<B> {
             .keep_alive_while_idle(false);
         Self {
             builder,
-            origin: None,
+            core: Core::new(),
             keep_alive: Arc::new(KeepAliveInterval::new(Some(KEEP_ALIVE_INTERVAL))),
-            latest: resend::newest(),
-            replay: ReplayConfig::new(),
             ahead: Some(Arc::new(Ahead::new())),
             _body: PhantomData,
         }
@@ -171,7 +167,7 @@ impl<B> Http2Connector<B> {
     ///
     /// [`InvalidOrigin`] if `origin` is not `[scheme://]host[:port]`.
     pub fn try_origin(mut self, origin: &str) -> Result<Self, InvalidOrigin> {
-        self.origin = Some(Arc::new(Origin::parse(origin)?));
+        self.core.set_origin(origin)?;
         Ok(self)
     }
 
@@ -254,7 +250,7 @@ impl<B> Http2Connector<B> {
     ///
     /// A request the server may have processed is never sent again.
     pub fn max_replays(mut self, max: usize) -> Self {
-        self.replay.max_replays = max;
+        self.core.replay.max_replays = max;
         self
     }
 
@@ -262,7 +258,7 @@ impl<B> Http2Connector<B> {
     /// larger fails with [`NotProcessed`](super::NotProcessed). Empty bodies cost nothing.
     /// Default is 64 KiB.
     pub fn max_replay_body(mut self, bytes: usize) -> Self {
-        self.replay.max_body = bytes;
+        self.core.replay.max_body = bytes;
         self
     }
 
@@ -303,10 +299,8 @@ impl<B> Clone for Http2Connector<B> {
     fn clone(&self) -> Self {
         Self {
             builder: self.builder.clone(),
-            origin: self.origin.clone(),
+            core: self.core.fork(),
             keep_alive: self.keep_alive.clone(),
-            latest: resend::newest(),
-            replay: self.replay.clone(),
             ahead: self.ahead.as_ref().map(|_| Arc::new(Ahead::new())),
             _body: PhantomData,
         }
@@ -316,7 +310,7 @@ impl<B> Clone for Http2Connector<B> {
 impl<B> fmt::Debug for Http2Connector<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Http2Connector")
-            .field("origin", &self.origin)
+            .field("origin", &self.core.origin)
             .field("keep_alive_interval", &self.keep_alive.get())
             .finish_non_exhaustive()
     }
@@ -340,10 +334,10 @@ where
     fn call(&mut self, address: A) -> Self::Future {
         let dialer = Dialer {
             builder: self.builder.clone(),
-            origin: self.origin.clone(),
+            origin: self.core.origin.clone(),
             keep_alive: self.keep_alive.clone(),
-            latest: self.latest.clone(),
-            replay: Arc::new(self.replay.clone()),
+            latest: self.core.latest.clone(),
+            replay: Arc::new(self.core.replay.clone()),
             ahead: self.ahead.as_ref().map(Arc::downgrade),
         };
         let spare = self
@@ -819,8 +813,7 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        name_origin(&mut connector.origin, self.explicit_name());
-        let counters = connector.replay.counters.clone();
+        let counters = connector.core.wire(self.explicit_name());
         tower_layer::Layer::layer(
             &self
                 .with_request_counters(counters)

@@ -103,6 +103,7 @@
 //! [`PersistentConnectionLayer::http2`]: crate::PersistentConnectionLayer::http2
 
 mod ahead;
+mod core;
 mod dial;
 mod http1;
 mod http2;
