@@ -301,6 +301,34 @@ fn h2_client(
     svc
 }
 
+/// [`LOOPS`] tasks, each sending `GET /` through its clone of `svc` until `deadline`.
+fn spawn_loops<S>(svc: &S, tally: &Arc<Tally>, deadline: Instant) -> JoinSet<()>
+where
+    S: Service<Request<Body>, Response = Response<Incoming>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    let mut loops = JoinSet::new();
+    for _ in 0..LOOPS {
+        let (mut svc, tally) = (svc.clone(), tally.clone());
+        loops.spawn(async move {
+            while Instant::now() < deadline {
+                tally.record(get(&mut svc).await);
+            }
+        });
+    }
+    loops
+}
+
+/// Waits for every loop; a panic in one fails the test.
+async fn join(mut loops: JoinSet<()>) {
+    while let Some(result) = loops.join_next().await {
+        result.expect("a request loop panicked");
+    }
+}
+
 /// [`LOOPS`] loops, each a clone of one HTTP/2 service, send `GET /` for [`RUN`] against an
 /// nginx with `config`; `during` runs alongside (given nginx and the run's start). Returns
 /// nginx (kept alive until the test's asserts are done, for its log) and the figures.
@@ -318,19 +346,9 @@ async fn h2_run(
     let tally = Arc::new(Tally::default());
     let start = Instant::now();
     let deadline = start + RUN;
-    let mut loops = JoinSet::new();
-    for _ in 0..LOOPS {
-        let (mut svc, tally) = (svc.clone(), tally.clone());
-        loops.spawn(async move {
-            while Instant::now() < deadline {
-                tally.record(get(&mut svc).await);
-            }
-        });
-    }
+    let loops = spawn_loops(&svc, &tally, deadline);
     during(&nginx, start).await;
-    while let Some(result) = loops.join_next().await {
-        result.expect("a request loop panicked");
-    }
+    join(loops).await;
     let elapsed = start.elapsed();
     // The figures before `close`, whose own disconnection would count as an open gap.
     let figures = Figures::new(label, &tally, elapsed, &[(handle.stats(), &watch)]);
@@ -370,19 +388,7 @@ impl SlicedRun {
     /// [`LOOPS`] loops send `GET /` for `length`.
     async fn slice(&mut self, length: Duration) {
         let start = Instant::now();
-        let deadline = start + length;
-        let mut loops = JoinSet::new();
-        for _ in 0..LOOPS {
-            let (mut svc, tally) = (self.svc.clone(), self.tally.clone());
-            loops.spawn(async move {
-                while Instant::now() < deadline {
-                    tally.record(get(&mut svc).await);
-                }
-            });
-        }
-        while let Some(result) = loops.join_next().await {
-            result.expect("a request loop panicked");
-        }
+        join(spawn_loops(&self.svc, &self.tally, start + length)).await;
         self.elapsed += start.elapsed();
     }
 
@@ -489,18 +495,7 @@ async fn h2_goaway_under_cpu_contention_leaves_no_request_waiting() {
     let tally = Arc::new(Tally::default());
     let start = Instant::now();
     let deadline = start + run;
-    let mut loops = JoinSet::new();
-    for _ in 0..LOOPS {
-        let (mut svc, tally) = (svc.clone(), tally.clone());
-        loops.spawn(async move {
-            while Instant::now() < deadline {
-                tally.record(get(&mut svc).await);
-            }
-        });
-    }
-    while let Some(result) = loops.join_next().await {
-        result.expect("a request loop panicked");
-    }
+    join(spawn_loops(&svc, &tally, deadline)).await;
     let stats = handle.stats();
     let figures = Figures::new(
         label,
@@ -629,9 +624,7 @@ async fn http1_idle_and_request_limit_closes_cost_no_request() {
             }
         });
     }
-    while let Some(result) = loops.join_next().await {
-        result.expect("a client panicked");
-    }
+    join(loops).await;
     let elapsed = start.elapsed();
     let mut layers = Vec::new();
     for (svc, watch) in &clients {
