@@ -22,7 +22,7 @@ use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
 
 use super::{
-    ArcError, Dial, InvalidOrigin,
+    ArcError, ConnectionUnavailable, Dial, InvalidOrigin,
     core::Core,
     observe::{Observed, ReadObserver},
     replay::ReplayBody,
@@ -317,7 +317,7 @@ where
         if self.permit.is_none() {
             match ready!(self.semaphore.poll_acquire(cx)) {
                 Some(permit) => self.permit = Some(permit),
-                None => return Poll::Ready(Err("HTTP/1 connection closed".into())),
+                None => return Poll::Ready(Err(ConnectionUnavailable::Closed.into())),
             }
         }
         // Only the permit holder gets here: hyper's single waker slot is ours alone.
@@ -326,9 +326,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let Some(permit) = self.permit.take() else {
-            return Box::pin(async {
-                Err("call without a permit: poll_ready must return Ready(Ok) before call".into())
-            });
+            return Box::pin(async { Err(ConnectionUnavailable::NotReady.into()) });
         };
         // Only an idempotent request can need its head and body again after being written.
         let idempotent = is_idempotent(&request);
@@ -418,7 +416,7 @@ where
         }
         let Some(permit) = connection.permit.take() else {
             return Err(Failure::handed_back(
-                "the connection gave no turn".into(),
+                ConnectionUnavailable::NotReady.into(),
                 request,
             ));
         };

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tower_service::Service;
 
 use super::{
-    ArcError, Dial, InvalidOrigin, Origin,
+    ArcError, ConnectionUnavailable, Dial, InvalidOrigin, Origin,
     ahead::Ahead,
     core::Core,
     keep_alive::KeepAliveInterval,
@@ -638,15 +638,13 @@ where
         {
             let status = self.shared.status.borrow();
             if status.goaway {
-                return Poll::Ready(Err(
-                    "the server sent GOAWAY: this connection takes no new requests".into(),
-                ));
+                return Poll::Ready(Err(ConnectionUnavailable::GoAway.into()));
             }
             if status.retired {
-                return Poll::Ready(Err(
-                    "this connection reached the server's request limit: it takes no new requests"
-                        .into(),
-                ));
+                return Poll::Ready(Err(ConnectionUnavailable::RequestLimit.into()));
+            }
+            if status.ended.is_some() {
+                return Poll::Ready(Err(ConnectionUnavailable::Closed.into()));
             }
         }
         self.send.poll_ready(cx).map_err(Into::into)

@@ -127,6 +127,50 @@ pub use self::{
     resend::{Idempotent, NotProcessed},
 };
 
+/// Why an HTTP connection takes no new request: the error of its `poll_ready`, or of a `call`
+/// made without a successful `poll_ready`. The layer takes it as the end of the connection and
+/// moves on to the next one; a caller holding a connection of its own can match on it:
+///
+/// ```
+/// use persistent_connection::{BoxError, http::ConnectionUnavailable};
+///
+/// fn goodbye(error: &BoxError) -> bool {
+///     error.downcast_ref::<ConnectionUnavailable>() == Some(&ConnectionUnavailable::GoAway)
+/// }
+/// # assert!(!goodbye(&BoxError::from("other")));
+/// # assert!(goodbye(&BoxError::from(ConnectionUnavailable::GoAway)));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionUnavailable {
+    /// HTTP/2: the server sent `GOAWAY`. The streams it took finish; new requests go to the
+    /// next connection.
+    GoAway,
+    /// HTTP/2: the connection has sent as many requests as the server takes on one (see
+    /// [`Http2Connector::dial_ahead`]).
+    RequestLimit,
+    /// The connection has closed.
+    Closed,
+    /// `call` without a successful `poll_ready` first (an HTTP/1 connection carries one
+    /// request at a time, and `poll_ready` gives the turn).
+    NotReady,
+}
+
+impl fmt::Display for ConnectionUnavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::GoAway => "the server sent GOAWAY: this connection takes no new requests",
+            Self::RequestLimit => {
+                "this connection reached the server's request limit: it takes no new requests"
+            }
+            Self::Closed => "the connection is closed",
+            Self::NotReady => "call without a turn: poll_ready must return Ready(Ok) before call",
+        })
+    }
+}
+
+impl std::error::Error for ConnectionUnavailable {}
+
 /// The scheme and authority given to requests whose URI has none.
 #[derive(Clone, Debug)]
 struct Origin {

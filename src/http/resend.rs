@@ -270,7 +270,7 @@ impl<B> Failure<B> {
     /// `request` was kept back: its connection had reached the server's request limit.
     pub(crate) fn retired(request: Request<ReplayBody<B>>) -> Self {
         Self {
-            error: "the connection had reached the server's request limit".into(),
+            error: super::ConnectionUnavailable::RequestLimit.into(),
             refusal: Some(Refusal::Retired),
             request: Some(request),
         }
