@@ -367,3 +367,8 @@ pub use crate::{
 
 /// The boxed error type of [`PersistentConnection`]'s `Service` impl.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The README's code blocks, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
