@@ -29,7 +29,12 @@ const DEFAULT_CAPACITY: usize = 64;
 ///
 /// ```
 /// use std::convert::Infallible;
-/// use persistent_connection::{Event, EventBus, PersistentConnectionLayer, State, Update};
+/// use persistent_connection::{
+///     Event,
+///     PersistentConnectionLayer,
+///     State,
+///     observe::{EventBus, Update},
+/// };
 /// use tower::{Layer, service_fn};
 ///
 /// # #[tokio::main(flavor = "current_thread")]

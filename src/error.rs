@@ -1,4 +1,4 @@
-//! Error types: [`Closed`], [`ConnectError`] and [`InvalidJitter`].
+//! Error types: [`Closed`], [`ConnectError`] and [`InvalidSetting`].
 
 use std::{error::Error, fmt, sync::Arc, time::Duration};
 
@@ -14,7 +14,7 @@ use crate::BoxError;
 ///
 /// Layers such as `tower::buffer::Buffer` wrap the errors of the service below them; use
 /// [`Closed::find_in`] to look for it anywhere in an error's source chain.
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Closed {
     _priv: (),
 }
@@ -75,7 +75,7 @@ pub enum ConnectErrorKind {
     Panic,
     /// The persistent connection was closed, so no attempt will be made.
     Closed,
-    /// The new connection failed its [health check](crate::HealthCheck).
+    /// The new connection failed its [health check](crate::health::HealthCheck).
     HealthCheck,
 }
 
@@ -186,37 +186,49 @@ impl Error for ConnectError {
     }
 }
 
-// === InvalidJitter ===
+// === InvalidSetting ===
 
-/// A jitter fraction outside `[0, 1]` (or NaN), refused by
-/// [`PersistentConnectionLayer::try_jitter`](crate::PersistentConnectionLayer::try_jitter).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct InvalidJitter {
-    value: f64,
+/// A setting refused by a fallible setter:
+/// [`PersistentConnectionLayer::try_jitter`](crate::PersistentConnectionLayer::try_jitter),
+/// [`Exponential::try_new`](crate::retry::Exponential::try_new), or the HTTP connectors'
+/// `try_origin`. Its text names the setting, the value and what is expected;
+/// [`setting`](Self::setting) names the setting alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidSetting {
+    setting: &'static str,
+    message: String,
 }
 
-impl InvalidJitter {
+impl InvalidSetting {
+    pub(crate) fn new(setting: &'static str, message: String) -> Self {
+        Self { setting, message }
+    }
+
+    /// The setting refused: `"jitter"`, `"retry policy"` or `"origin"`.
+    pub fn setting(&self) -> &'static str {
+        self.setting
+    }
+
     /// Checks that `value` is a jitter fraction in `[0, 1]`.
-    pub(crate) fn check(value: f64) -> Result<f64, Self> {
+    pub(crate) fn check_jitter(value: f64) -> Result<f64, Self> {
         if (0.0..=1.0).contains(&value) {
             Ok(value)
         } else {
-            Err(Self { value })
+            Err(Self::new(
+                "jitter",
+                format!("invalid jitter {value}: must be a fraction in [0, 1] (0.3 means ±30 %)"),
+            ))
         }
     }
 }
 
-impl fmt::Display for InvalidJitter {
+impl fmt::Display for InvalidSetting {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid jitter {}: must be a fraction in [0, 1] (0.3 means ±30 %)",
-            self.value
-        )
+        f.write_str(&self.message)
     }
 }
 
-impl Error for InvalidJitter {}
+impl Error for InvalidSetting {}
 
 // === NotReady ===
 

@@ -64,7 +64,7 @@ impl<A: fmt::Debug, S> fmt::Debug for Event<A, S> {
 /// [`PersistentConnectionLayer::on_event`](crate::PersistentConnectionLayer::on_event).
 ///
 /// Implemented for `()` (ignore events, the default), for every
-/// `Fn(&Event<A, S>) + Send + Sync + 'static` closure, for [`EventBus`](crate::EventBus) (any
+/// `Fn(&Event<A, S>) + Send + Sync + 'static` closure, for [`EventBus`](crate::observe::EventBus) (any
 /// number of subscribers), and for pairs of hooks (`(bus, |event: &Event<_, _>| ...)`). The
 /// hook runs on the driver task, in order, before the driver takes its next step; keep it
 /// short and do not block. A panic in it is caught and logged, and the driver carries on.

@@ -64,7 +64,7 @@ impl<S: Clone + Send + 'static> Handle<S> {
     /// # Errors
     ///
     /// The [`ConnectError`] of that attempt. Once the persistent connection is closed: the
-    /// error the [retry policy](crate::RetryPolicy) gave up with, if it did, else one of kind
+    /// error the [retry policy](crate::retry::RetryPolicy) gave up with, if it did, else one of kind
     /// [`Closed`](crate::ConnectErrorKind::Closed).
     pub fn connected_or_failed_to_connect(
         &self,
@@ -167,7 +167,7 @@ impl<S: Clone + Send + 'static> Handle<S> {
     /// The state now, then every change of it: a stream that ends after [`State::Closed`].
     ///
     /// It is a watch, not a log: a reader slower than the changes sees the latest state, and
-    /// may miss short-lived ones in between (subscribe to an [`EventBus`](crate::EventBus) for
+    /// may miss short-lived ones in between (subscribe to an [`EventBus`](crate::observe::EventBus) for
     /// every event). It holds no connection and does not keep the persistent connection alive.
     ///
     /// ```

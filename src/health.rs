@@ -26,7 +26,12 @@ use crate::BoxError;
 /// # Example: gRPC health checking with tonic-health
 ///
 /// ```no_run
-/// use persistent_connection::{BoxError, NotServing, PersistentConnectionLayer, http::{Http2Connection, Http2Connector}};
+/// use persistent_connection::{
+///     BoxError,
+///     PersistentConnectionLayer,
+///     health::NotServing,
+///     http::{Http2Connection, Http2Connector},
+/// };
 /// use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 ///
 /// # #[tokio::main] async fn main() {
@@ -92,7 +97,7 @@ where
 /// set) until it passes, within the connect timeout; after that it is a failed attempt.
 ///
 /// ```
-/// use persistent_connection::NotServing;
+/// use persistent_connection::health::NotServing;
 ///
 /// let answer: Result<(), NotServing> = Err(NotServing::new("status NOT_SERVING"));
 /// assert_eq!(answer.unwrap_err().to_string(), "the server is not serving: status NOT_SERVING");

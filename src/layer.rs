@@ -22,7 +22,7 @@ use crate::{
         Driver, Hooks, Settings,
         erased::{Check, Hook, Maker, Signal},
     },
-    error::InvalidJitter,
+    error::InvalidSetting,
     event::OnEvent,
     health::HealthCheck,
     retry::{Backoff, Constant, DEFAULT_JITTER, RetryPolicy, SharedPolicy},
@@ -156,7 +156,7 @@ impl<A: Send + 'static> PersistentConnectionLayer<A> {
 }
 
 impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
-    /// Makes the [`Stats`](crate::Stats) of the connections this layer makes read the request
+    /// Makes the [`Stats`](crate::observe::Stats) of the connections this layer makes read the request
     /// counters of a connector (its replays and refusals).
     #[cfg(feature = "hyper")]
     pub(crate) fn with_request_counters(mut self, counters: Arc<RequestCounters>) -> Self {
@@ -183,7 +183,7 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
     /// the previous attempt failed or the previous connection ended. The timer is armed just before each attempt: the time the attempt takes counts
     /// toward the delay, and a connection that lived longer than the delay is replaced at once
     /// when it ends. The value is randomized by [`jitter`](Self::jitter), and clamped to
-    /// [`MAX_RETRY_DELAY`](crate::MAX_RETRY_DELAY) (one warning per driver). A zero delay is
+    /// [`MAX_RETRY_DELAY`](crate::retry::MAX_RETRY_DELAY) (one warning per driver). A zero delay is
     /// allowed; the driver still yields to the runtime between attempts. A panic in
     /// `retry_delay` is caught and logged, and the default delay is used for that attempt.
     ///
@@ -196,10 +196,10 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
     }
 
     /// Chooses the delay before each attempt with a [`RetryPolicy`], which sees the
-    /// [`RetryContext`](crate::RetryContext) (failures in a row, how long the last connection
+    /// [`RetryContext`](crate::retry::RetryContext) (failures in a row, how long the last connection
     /// lived, the last error) and may give up. The crate ships [`Constant`],
-    /// [`Exponential`](crate::Exponential) (with [`Exponential::grpc`](crate::Exponential::grpc)),
-    /// [`give_up_after`](RetryPolicy::give_up_after) and [`policy_fn`](crate::policy_fn); a
+    /// [`Exponential`](crate::retry::Exponential) (with [`Exponential::grpc`](crate::retry::Exponential::grpc)),
+    /// [`give_up_after`](RetryPolicy::give_up_after) and [`policy_fn`](crate::retry::policy_fn); a
     /// `Fn() -> Duration` closure is a policy too. [`jitter`](Self::jitter) applies to every
     /// delay the policy returns, and the timer is armed just before each attempt, as with
     /// [`retry_delay`](Self::retry_delay) (which this replaces, and vice versa).
@@ -212,7 +212,10 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
     /// Default is `Constant::new(10 s)`.
     ///
     /// ```
-    /// use persistent_connection::{Exponential, PersistentConnectionLayer, RetryPolicy};
+    /// use persistent_connection::{
+    ///     PersistentConnectionLayer,
+    ///     retry::{Exponential, RetryPolicy},
+    /// };
     ///
     /// let layer = PersistentConnectionLayer::fixed_address("127.0.0.1:50051")
     ///     .retry_policy(Exponential::grpc().give_up_after(30));
@@ -226,12 +229,12 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
     /// A connection must live at least `min_life` to reset the retry policy's count of
     /// failures in a row; one that dies sooner counts as one more failure. So a server that
     /// accepts every connection and drops it at once sees the delays of an
-    /// [`Exponential`](crate::Exponential) policy grow, rather than a reconnect every
+    /// [`Exponential`](crate::retry::Exponential) policy grow, rather than a reconnect every
     /// `initial` delay (grpc#2988).
     ///
-    /// The server's goodbye after serving (a [`CloseReason::Graceful`](crate::CloseReason))
+    /// The server's goodbye after serving (a [`CloseReason::Graceful`](crate::close::CloseReason))
     /// is never a failure, whatever the connection's age. A goodbye before serving
-    /// ([`CloseReason::GracefulBeforeServing`](crate::CloseReason)) is one if the
+    /// ([`CloseReason::GracefulBeforeServing`](crate::close::CloseReason)) is one if the
     /// connection lived less than `min_life` (a server that accepts and closes), and not one
     /// after (an idle close of a connection nobody used).
     ///
@@ -262,9 +265,9 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
     ///
     /// # Errors
     ///
-    /// [`InvalidJitter`] if `jitter` is outside `[0, 1]` or NaN.
-    pub fn try_jitter(mut self, jitter: f64) -> Result<Self, InvalidJitter> {
-        self.config.jitter = InvalidJitter::check(jitter)?;
+    /// [`InvalidSetting`] if `jitter` is outside `[0, 1]` or NaN.
+    pub fn try_jitter(mut self, jitter: f64) -> Result<Self, InvalidSetting> {
+        self.config.jitter = InvalidSetting::check_jitter(jitter)?;
         Ok(self)
     }
 
@@ -306,7 +309,7 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
     ///
     /// A rotation is reported as `Disconnected` of the old connection, then a new cycle
     /// (`AttemptingToConnect`, `ObtainedAddress`, `Connected`) for the new one, all at the
-    /// moment of the switch; it is counted in [`Stats::rotations`](crate::Stats::rotations).
+    /// moment of the switch; it is counted in [`Stats::rotations`](crate::observe::Stats::rotations).
     ///
     /// Default is no maximum age.
     ///
@@ -339,8 +342,8 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
 
     /// Tells the driver when a connection has closed by itself, so it reconnects without
     /// waiting for a request to fail: `close_signal(&conn)` returns a future that resolves,
-    /// with a [`CloseReason`](crate::CloseReason), when `conn` has closed. See
-    /// [`CloseSignal`](crate::CloseSignal).
+    /// with a [`CloseReason`](crate::close::CloseReason), when `conn` has closed. See
+    /// [`CloseSignal`](crate::close::CloseSignal).
     ///
     /// Default is no signal: a connection ends only when its `poll_ready` fails.
     pub fn close_signal<F>(self, close_signal: F) -> PersistentConnectionLayer<A, E, F, H> {
@@ -358,7 +361,7 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
     /// makes the attempt fail with a [`ConnectErrorKind::HealthCheck`] error, and the connection
     /// is dropped. With [`health_check_interval`](Self::health_check_interval) the check also
     /// runs periodically on the live connection, and a failure ends that connection. See
-    /// [`HealthCheck`](crate::HealthCheck), which has an example with tonic-health.
+    /// [`HealthCheck`](crate::health::HealthCheck), which has an example with tonic-health.
     ///
     /// Default is no check: a connection counts as connected once the maker returns it.
     ///
@@ -375,7 +378,7 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
     /// Runs the [health check](Self::health_check) every `interval` while connected; a check
     /// that fails, panics or takes longer than the [connect timeout](Self::connect_timeout)
     /// ends the connection (`Disconnected`, then a new cycle after the retry delay). A check
-    /// that answers [`NotServing`](crate::NotServing) keeps the connection but makes it
+    /// that answers [`NotServing`](crate::health::NotServing) keeps the connection but makes it
     /// unready (state [`NotServing`](crate::State::NotServing)) until a check passes again
     /// (gRFC A17).
     ///

@@ -71,11 +71,11 @@
 //! # When the server says goodbye
 //!
 //! A server's goodbye (HTTP/2 `GOAWAY`, HTTP/1 `Connection: close` or an idle close: a
-//! [`CloseReason::Graceful`]) of a connection that served is no failure: the replacement
+//! [`CloseReason::Graceful`](crate::close::CloseReason::Graceful)) of a connection that served is no failure: the replacement
 //! starts at once, whatever the connection's age, and the retry policy counts nothing. A
 //! goodbye before any response from a connection younger than the
 //! [flap guard](PersistentConnectionLayer::flap_guard)
-//! ([`CloseReason::GracefulBeforeServing`]: a server that accepts and closes) is a failure and
+//! ([`CloseReason::GracefulBeforeServing`](crate::close::CloseReason::GracefulBeforeServing): a server that accepts and closes) is a failure and
 //! waits the retry delay, so a broken server is not hammered. New requests wait in
 //! `poll_ready` for the replacement while the requests the old connection accepted finish on
 //! it; the crate's HTTP connectors send again the requests the server provably never
@@ -86,8 +86,8 @@
 //! A replacement is reported with the same five events: `Disconnected` for the old
 //! connection, then a new cycle (`AttemptingToConnect`, `ObtainedAddress`, `Connected`) for
 //! the new one. After a goodbye the new cycle starts at once; a rotation reports all four at
-//! the moment of the switch, once the new connection is up. [`Stats::graceful_closes`] and
-//! [`Stats::rotations`] count them, and the log line of the `Disconnected` says which it was.
+//! the moment of the switch, once the new connection is up. [`Stats::graceful_closes`](crate::observe::Stats::graceful_closes) and
+//! [`Stats::rotations`](crate::observe::Stats::rotations) count them, and the log line of the `Disconnected` says which it was.
 //!
 //! # Readiness: why `Pending`, never a stale error
 //!
@@ -111,7 +111,7 @@
 //! A connection's `poll_ready` error always ends it. Many connections do not report anything
 //! while idle, though (hyper's HTTP/2 `SendRequest` does not), so the layer also takes an
 //! optional [close signal](PersistentConnectionLayer::close_signal): a future per connection
-//! that resolves when it has closed, with the [`CloseReason`]. With it, the driver reconnects
+//! that resolves when it has closed, with the [`CloseReason`](crate::close::CloseReason). With it, the driver reconnects
 //! before the next request needs the connection.
 //!
 //! **Marking a connection dead on a response**: a proxy whose upstream is gone answers
@@ -122,20 +122,20 @@
 //!
 //! # Retry policies
 //!
-//! The delay before each attempt comes from a [`RetryPolicy`]: the seed's `retry_delay`
-//! closure, a [`Constant`] (the default, 10 s), an [`Exponential`] ([`Exponential::grpc`]: 1 s,
-//! ×1.6, capped at 120 s), a closure that sees the [`RetryContext`] ([`policy_fn`]), or your own
+//! The delay before each attempt comes from a [`RetryPolicy`](crate::retry::RetryPolicy): the seed's `retry_delay`
+//! closure, a [`Constant`](crate::retry::Constant) (the default, 10 s), an [`Exponential`](crate::retry::Exponential) ([`Exponential::grpc`](crate::retry::Exponential::grpc): 1 s,
+//! ×1.6, capped at 120 s), a closure that sees the [`RetryContext`](crate::retry::RetryContext) ([`policy_fn`](crate::retry::policy_fn)), or your own
 //! type. The layer's jitter (±30 % by default) applies to every delay, also at the cap, so
 //! clients that failed together do not come back together. The count of failures in a row
 //! resets only after a connection has lived the [flap guard](PersistentConnectionLayer::flap_guard)
 //! (1 s), so a server that accepts and drops every connection still sees the delays grow;
 //! [`Handle::reconnect_now`] skips the wait and resets it. A policy may give up
-//! ([`RetryPolicy::give_up_after`]): the persistent connection then closes, and
+//! ([`RetryPolicy::give_up_after`](crate::retry::RetryPolicy::give_up_after)): the persistent connection then closes, and
 //! [`Handle::connected_or_failed_to_connect`] returns the last error.
 //!
 //! ```
 //! use std::time::Duration;
-//! use persistent_connection::{Exponential, PersistentConnectionLayer, RetryPolicy};
+//! use persistent_connection::{PersistentConnectionLayer, retry::{Exponential, RetryPolicy}};
 //!
 //! let layer = PersistentConnectionLayer::fixed_address("10.0.0.7:50051")
 //!     .retry_policy(Exponential::grpc().give_up_after(100))
@@ -148,17 +148,17 @@
 //! - [`Handle::state`] says what the driver is doing ([`State`]: connecting, connected, waiting
 //!   with the time of the next attempt, closed), and [`Handle::state_changes`] is a stream of
 //!   it.
-//! - [`Handle::stats`] reads the counters ([`Stats`]): attempts, failed attempts, connections,
+//! - [`Handle::stats`] reads the counters ([`Stats`](crate::observe::Stats)): attempts, failed attempts, connections,
 //!   disconnections, the current connection's age, the last error and the delay chosen for the
 //!   next attempt.
-//! - An [`EventBus`] given to [`on_event`](PersistentConnectionLayer::on_event) serves the
+//! - An [`EventBus`](crate::observe::EventBus) given to [`on_event`](PersistentConnectionLayer::on_event) serves the
 //!   events to any number of subscribers; one that subscribes late first receives the current
 //!   state (never an old `Connected(conn)`, which would keep a dead connection alive).
 //!
 //! # Health-gated readiness
 //!
 //! With a [health check](PersistentConnectionLayer::health_check) (for gRPC, one
-//! `grpc.health.v1.Health/Check` that must answer `SERVING`; see [`HealthCheck`]), a new
+//! `grpc.health.v1.Health/Check` that must answer `SERVING`; see [`HealthCheck`](crate::health::HealthCheck)), a new
 //! connection counts as connected only once it passes; a failed check is a failed attempt. With
 //! a [check interval](PersistentConnectionLayer::health_check_interval) it also runs on the
 //! live connection, and a connection that stops passing is replaced.
@@ -276,7 +276,7 @@
 //! while connected, so load is the balancer's only signal. Never put a `Buffer` *between* the
 //! balancer and its endpoints: every endpoint would look ready; above the balancer it is
 //! fine. The persistent connection also implements `Load` when its connection does (see
-//! [`ConnectionLoad`]).
+//! [`ConnectionLoad`](crate::load::ConnectionLoad)).
 //!
 //! ```
 //! # use std::{convert::Infallible, io};
@@ -321,24 +321,25 @@
 
 mod bus;
 pub mod classify;
-mod close;
+pub mod close;
 mod command;
 mod discover;
 mod driver;
 mod error;
 mod event;
 mod handle;
-mod health;
+pub mod health;
 #[cfg(feature = "hyper")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
 pub mod http;
 mod layer;
-mod load;
+pub mod load;
 #[cfg(all(test, loom))]
 mod loom_tests;
 mod metrics;
+pub mod observe;
 mod panic;
-mod retry;
+pub mod retry;
 mod service;
 mod shared;
 mod state;
@@ -348,21 +349,12 @@ mod sync;
 mod tests;
 
 pub use crate::{
-    bus::{EventBus, Subscription, Update},
-    close::{CloseReason, CloseSignal},
-    error::{Closed, ConnectError, ConnectErrorKind, InvalidJitter},
-    event::{Event, OnEvent},
+    error::{Closed, ConnectError, ConnectErrorKind, InvalidSetting},
+    event::Event,
     handle::Handle,
-    health::{HealthCheck, NotServing},
     layer::PersistentConnectionLayer,
-    load::ConnectionLoad,
-    retry::{
-        Constant, Exponential, GiveUpAfter, InvalidPolicy, MAX_RETRY_DELAY, PolicyFn, RetryContext,
-        RetryPolicy, policy_fn,
-    },
     service::{PersistentConnection, ResponseFuture},
     state::State,
-    stats::Stats,
 };
 
 /// The boxed error type of [`PersistentConnection`]'s `Service` impl.

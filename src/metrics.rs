@@ -1,7 +1,7 @@
-//! Export of the [`Stats`](crate::Stats) counters to the [`metrics`] facade, behind the
+//! Export of the [`Stats`](crate::observe::Stats) counters to the [`metrics`] facade, behind the
 //! `metrics` feature. Without the feature these functions do nothing and compile away.
 //!
-//! The metrics are listed in [`Stats`](crate::Stats)' documentation.
+//! The metrics are listed in [`Stats`](crate::observe::Stats)' documentation.
 
 use std::{sync::Arc, time::Duration};
 

@@ -1,7 +1,6 @@
 //! The delay between connection attempts: the [`RetryPolicy`] trait, the policies the crate
-//! ships ([`Constant`], [`Exponential`], [`GiveUpAfter`], [`policy_fn`]), and the driver's
-//! [`Backoff`], which asks the policy, clamps its answer to [`MAX_RETRY_DELAY`] and randomizes
-//! it with a seedable jitter.
+//! ships ([`Constant`], [`Exponential`], [`GiveUpAfter`], [`policy_fn`]). The driver clamps a
+//! policy's answer to [`MAX_RETRY_DELAY`] and randomizes it with a seedable jitter.
 //!
 //! # How the driver uses a policy
 //!
@@ -29,7 +28,7 @@ use std::{fmt, sync::Arc, time::Duration};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use crate::error::ConnectError;
+use crate::error::{ConnectError, InvalidSetting};
 
 /// The longest delay between two attempts: one day. A policy that returns more is clamped to
 /// this, with one warning per driver, and jitter never takes a delay beyond it.
@@ -59,7 +58,7 @@ pub(crate) const DEFAULT_JITTER: f64 = 0.3;
 ///
 /// ```
 /// use std::time::Duration;
-/// use persistent_connection::{PersistentConnectionLayer, RetryContext, RetryPolicy};
+/// use persistent_connection::{PersistentConnectionLayer, retry::{RetryContext, RetryPolicy}};
 ///
 /// /// 100 ms for the first three retries, then 5 s; give up after 20 failures in a row.
 /// struct FastThenSlow;
@@ -187,7 +186,7 @@ impl RetryPolicy for Constant {
 ///
 /// ```
 /// use std::time::Duration;
-/// use persistent_connection::{Exponential, PersistentConnectionLayer, RetryPolicy};
+/// use persistent_connection::{PersistentConnectionLayer, retry::{Exponential, RetryPolicy}};
 ///
 /// let grpc = Exponential::grpc();
 /// assert_eq!(grpc.delay(0), Duration::from_secs(1));
@@ -225,20 +224,20 @@ impl Exponential {
     ///
     /// # Errors
     ///
-    /// [`InvalidPolicy`] if `multiplier` is less than 1 or not finite, or `initial` is more
+    /// [`InvalidSetting`] if `multiplier` is less than 1 or not finite, or `initial` is more
     /// than `max`.
     pub fn try_new(
         initial: Duration,
         multiplier: f64,
         max: Duration,
-    ) -> Result<Self, InvalidPolicy> {
+    ) -> Result<Self, InvalidSetting> {
         if !(multiplier.is_finite() && multiplier >= 1.0) {
-            return Err(InvalidPolicy(format!(
+            return Err(invalid_policy(format!(
                 "multiplier {multiplier} must be a finite number >= 1"
             )));
         }
         if initial > max {
-            return Err(InvalidPolicy(format!(
+            return Err(invalid_policy(format!(
                 "initial delay {initial:?} is more than the cap {max:?}"
             )));
         }
@@ -306,7 +305,7 @@ impl<P: RetryPolicy> RetryPolicy for GiveUpAfter<P> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use persistent_connection::{PersistentConnectionLayer, policy_fn};
+/// use persistent_connection::{PersistentConnectionLayer, retry::policy_fn};
 ///
 /// // Linear growth: 1 s, 2 s, 3 s, ... up to 30 s.
 /// let layer = PersistentConnectionLayer::fixed_address("127.0.0.1:8080").retry_policy(
@@ -344,16 +343,9 @@ impl<F> fmt::Debug for PolicyFn<F> {
 }
 
 /// Parameters that make no policy, refused by [`Exponential::try_new`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InvalidPolicy(String);
-
-impl fmt::Display for InvalidPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid retry policy: {}", self.0)
-    }
+fn invalid_policy(reason: String) -> InvalidSetting {
+    InvalidSetting::new("retry policy", format!("invalid retry policy: {reason}"))
 }
-
-impl std::error::Error for InvalidPolicy {}
 
 // === Backoff ===
 

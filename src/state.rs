@@ -20,8 +20,8 @@ pub enum State {
     },
     /// A connection is up.
     Connected,
-    /// A connection is up, but its periodic [health check](crate::HealthCheck) says the server
-    /// is not serving ([`NotServing`](crate::NotServing)): requests wait, the connection stays,
+    /// A connection is up, but its periodic [health check](crate::health::HealthCheck) says the server
+    /// is not serving ([`NotServing`](crate::health::NotServing)): requests wait, the connection stays,
     /// and the check keeps running; `Connected` again as soon as it passes.
     NotServing,
     /// Closed: no more attempts will be made.

@@ -5,8 +5,8 @@ mod support;
 use std::{convert::Infallible, fmt::Debug, time::Duration};
 
 use persistent_connection::{
-    BoxError, CloseReason, Closed, ConnectError, ConnectErrorKind, Event, Handle,
-    PersistentConnection, PersistentConnectionLayer, State,
+    BoxError, Closed, ConnectError, ConnectErrorKind, Event, Handle, PersistentConnection,
+    PersistentConnectionLayer, State, close::CloseReason,
 };
 use support::{Conn, Maker};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};

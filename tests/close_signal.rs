@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use persistent_connection::{CloseReason, PersistentConnectionLayer};
+use persistent_connection::{PersistentConnectionLayer, close::CloseReason};
 use support::{Conn, Events, Maker, secs, settle};
 use tower::Layer;
 

@@ -4,7 +4,7 @@ mod support;
 
 use futures_util::{StreamExt as _, stream};
 use persistent_connection::{
-    BoxError, CloseSignal, Closed, PersistentConnection, PersistentConnectionLayer,
+    BoxError, Closed, PersistentConnection, PersistentConnectionLayer, close::CloseSignal,
 };
 use support::*;
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};

@@ -42,7 +42,10 @@ async fn after_goaway_poll_ready_says_goaway() {
     tokio::time::timeout(BOUND, connection.closed())
         .await
         .expect("the GOAWAY arrives within the bound");
-    assert_eq!(ready_error(&mut connection).await, ConnectionUnavailable::GoAway);
+    assert_eq!(
+        ready_error(&mut connection).await,
+        ConnectionUnavailable::GoAway
+    );
     assert!(connection.is_closed());
 }
 
@@ -54,5 +57,8 @@ async fn after_the_connection_ended_poll_ready_says_closed() {
     tokio::time::timeout(BOUND, connection.closed())
         .await
         .expect("the end is noticed within the bound");
-    assert_eq!(ready_error(&mut connection).await, ConnectionUnavailable::Closed);
+    assert_eq!(
+        ready_error(&mut connection).await,
+        ConnectionUnavailable::Closed
+    );
 }

@@ -28,7 +28,9 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use logs::LogRecorder;
 use nginx::{Config, Nginx};
-use persistent_connection::{BoxError, PersistentConnectionLayer, Stats, http::Http2Connector};
+use persistent_connection::{
+    BoxError, PersistentConnectionLayer, http::Http2Connector, observe::Stats,
+};
 use tokio::{task::JoinSet, time::Instant};
 use tower::{Service, ServiceExt};
 

@@ -39,9 +39,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use nginx::{Config, Nginx};
 use persistent_connection::{
-    BoxError, Constant, Event, Exponential, Handle, PersistentConnectionLayer, RetryPolicy, State,
-    Stats,
+    BoxError, Event, Handle, PersistentConnectionLayer, State,
     http::{Http1Connector, Http2Connector},
+    observe::Stats,
+    retry::{Constant, Exponential, RetryPolicy},
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::{task::JoinSet, time::Instant};

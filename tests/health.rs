@@ -16,7 +16,8 @@ use std::{
 
 use futures_util::FutureExt as _;
 use persistent_connection::{
-    BoxError, ConnectErrorKind, Event, Handle, NotServing, PersistentConnectionLayer, State,
+    BoxError, ConnectErrorKind, Event, Handle, PersistentConnectionLayer, State,
+    health::NotServing,
     http::{Http2Connection, Http2Connector},
 };
 use support::{Addr, Conn, Events, Maker, Plan, ms, secs, settle};

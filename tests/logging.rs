@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use logs::{LogRecorder, Record};
-use persistent_connection::{Event, MAX_RETRY_DELAY, PersistentConnectionLayer};
+use persistent_connection::{Event, PersistentConnectionLayer, retry::MAX_RETRY_DELAY};
 use support::{Addr, Conn, Maker, Plan, secs};
 use tower::{Layer, ServiceExt};
 use tracing::Level;

@@ -32,8 +32,8 @@ use h2server::H2Server;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use persistent_connection::{
-    BoxError, CloseReason, ConnectErrorKind, Event, PersistentConnection,
-    PersistentConnectionLayer, State,
+    BoxError, ConnectErrorKind, Event, PersistentConnection, PersistentConnectionLayer, State,
+    close::CloseReason,
     http::{Http2Connection, Http2Connector},
 };
 use tokio::{

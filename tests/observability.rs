@@ -10,8 +10,9 @@ use std::{
 
 use futures_util::{FutureExt as _, Stream, StreamExt as _};
 use persistent_connection::{
-    CloseSignal, Event, EventBus, Handle, OnEvent, PersistentConnectionLayer, State, Subscription,
-    Update,
+    Event, Handle, PersistentConnectionLayer, State,
+    close::CloseSignal,
+    observe::{EventBus, OnEvent, Subscription, Update},
 };
 use support::{Addr, Conn, Events, Maker, Plan, secs, settle};
 use tokio::time::{Instant, sleep_until, timeout};

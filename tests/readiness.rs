@@ -16,7 +16,7 @@ use std::{
 };
 
 use persistent_connection::{
-    BoxError, CloseReason, Closed, Event, PersistentConnection, PersistentConnectionLayer,
+    BoxError, Closed, Event, PersistentConnection, PersistentConnectionLayer, close::CloseReason,
 };
 use support::*;
 use tokio::{

@@ -14,7 +14,8 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use persistent_connection::{
-    BoxError, CloseReason, PersistentConnection, PersistentConnectionLayer,
+    BoxError, PersistentConnection, PersistentConnectionLayer,
+    close::CloseReason,
     http::{Http1Connector, Http2Connector, Idempotent, NotProcessed},
 };
 use refusing::{GUARD, GoawayFirst, H1Closer, ID, Mode, RawH2, Streaming, find, text};

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use persistent_connection::{MAX_RETRY_DELAY, PersistentConnectionLayer, State};
+use persistent_connection::{PersistentConnectionLayer, State, retry::MAX_RETRY_DELAY};
 use support::{Conn, Maker, Plan, ms, secs, settle};
 use tokio::time::advance;
 use tower::Layer;
@@ -288,7 +288,7 @@ fn a_nan_jitter_panics() {
     let _ = PersistentConnectionLayer::fixed_address("a").jitter(f64::NAN);
 }
 
-/// `try_jitter` refuses values outside `[0, 1]` and NaN with an `InvalidJitter` that names
+/// `try_jitter` refuses values outside `[0, 1]` and NaN with an `InvalidSetting` that names
 /// the value, and accepts both ends of the range.
 #[test]
 fn try_jitter_returns_an_error_naming_the_bad_value() {

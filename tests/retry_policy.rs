@@ -14,8 +14,10 @@ use std::{
 
 use logs::LogRecorder;
 use persistent_connection::{
-    CloseReason, Closed, ConnectError, ConnectErrorKind, Constant, Exponential, Handle,
-    PersistentConnectionLayer, RetryContext, RetryPolicy, State, Stats, policy_fn,
+    Closed, ConnectError, ConnectErrorKind, Handle, PersistentConnectionLayer, State,
+    close::CloseReason,
+    observe::Stats,
+    retry::{Constant, Exponential, RetryContext, RetryPolicy, policy_fn},
 };
 use support::{Conn, Maker, Plan, ms, secs, settle};
 use tokio_test::{assert_pending, assert_ready};

@@ -41,7 +41,7 @@ use std::{
 };
 
 use persistent_connection::{
-    BoxError, CloseReason, Event, PersistentConnection, PersistentConnectionLayer,
+    BoxError, Event, PersistentConnection, PersistentConnectionLayer, close::CloseReason,
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},

@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use persistent_connection::{BoxError, CloseReason};
+use persistent_connection::{BoxError, close::CloseReason};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{
-    Dial, InvalidOrigin, Origin, name_origin, origin_for,
+    Dial, Origin, name_origin, origin_for,
     resend::{self, Newest, ReplayConfig},
 };
 use crate::stats::RequestCounters;
@@ -40,7 +40,7 @@ impl<C> Core<C> {
         }
     }
 
-    pub(super) fn set_origin(&mut self, origin: &str) -> Result<(), InvalidOrigin> {
+    pub(super) fn set_origin(&mut self, origin: &str) -> Result<(), crate::InvalidSetting> {
         self.origin = Some(Arc::new(Origin::parse(origin)?));
         Ok(())
     }

@@ -22,7 +22,7 @@ use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
 
 use super::{
-    ArcError, ConnectionUnavailable, Dial, InvalidOrigin,
+    ArcError, ConnectionUnavailable, Dial,
     core::Core,
     observe::{Observed, ReadObserver},
     replay::ReplayBody,
@@ -33,7 +33,8 @@ use super::{
     sniff::{self, Status},
 };
 use crate::{
-    BoxError, CloseReason, HealthCheck, OnEvent, PersistentConnection, PersistentConnectionLayer,
+    BoxError, PersistentConnection, PersistentConnectionLayer, close::CloseReason,
+    health::HealthCheck, observe::OnEvent,
 };
 
 /// A maker of HTTP/1 connections: `Service<A>` for any [`Dial`] address, whose response is an
@@ -87,8 +88,8 @@ impl<B> Http1Connector<B> {
     ///
     /// # Errors
     ///
-    /// [`InvalidOrigin`] if `origin` is not `[scheme://]host[:port]`.
-    pub fn try_origin(mut self, origin: &str) -> Result<Self, InvalidOrigin> {
+    /// [`InvalidSetting`](crate::InvalidSetting) if `origin` is not `[scheme://]host[:port]`.
+    pub fn try_origin(mut self, origin: &str) -> Result<Self, crate::InvalidSetting> {
         self.core.set_origin(origin)?;
         Ok(self)
     }

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tower_service::Service;
 
 use super::{
-    ArcError, ConnectionUnavailable, Dial, InvalidOrigin, Origin,
+    ArcError, ConnectionUnavailable, Dial, Origin,
     ahead::Ahead,
     core::Core,
     keep_alive::KeepAliveInterval,
@@ -36,7 +36,8 @@ use super::{
     sniff::{self, FrameWatch, Sniff, Status},
 };
 use crate::{
-    BoxError, CloseReason, HealthCheck, OnEvent, PersistentConnection, PersistentConnectionLayer,
+    BoxError, PersistentConnection, PersistentConnectionLayer, close::CloseReason,
+    health::HealthCheck, observe::OnEvent,
 };
 
 /// The default interval of HTTP/2 keep-alive pings: what a gRPC server with default settings
@@ -165,8 +166,8 @@ impl<B> Http2Connector<B> {
     ///
     /// # Errors
     ///
-    /// [`InvalidOrigin`] if `origin` is not `[scheme://]host[:port]`.
-    pub fn try_origin(mut self, origin: &str) -> Result<Self, InvalidOrigin> {
+    /// [`InvalidSetting`](crate::InvalidSetting) if `origin` is not `[scheme://]host[:port]`.
+    pub fn try_origin(mut self, origin: &str) -> Result<Self, crate::InvalidSetting> {
         self.core.set_origin(origin)?;
         Ok(self)
     }

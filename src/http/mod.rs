@@ -12,9 +12,9 @@
 //! server sent `GOAWAY`); pass it to
 //! [`close_signal`](crate::PersistentConnectionLayer::close_signal) so the layer reconnects without
 //! waiting for a request to fail, or use [`PersistentConnectionLayer::http2`], which wires it
-//! in. The signal says [`Graceful`](crate::CloseReason::Graceful) for a goodbye of a
+//! in. The signal says [`Graceful`](crate::close::CloseReason::Graceful) for a goodbye of a
 //! connection that has answered at least one request, and
-//! [`GracefulBeforeServing`](crate::CloseReason::GracefulBeforeServing) for one before any
+//! [`GracefulBeforeServing`](crate::close::CloseReason::GracefulBeforeServing) for one before any
 //! answer.
 //!
 //! Requests with a path-only URI (as tonic sends them) get a scheme and authority: by default
@@ -115,6 +115,8 @@ mod sniff;
 
 use std::{fmt, sync::Arc};
 
+use crate::InvalidSetting;
+
 use http::{
     Request, Uri,
     uri::{Authority, Parts, Scheme},
@@ -180,17 +182,13 @@ struct Origin {
 
 impl Origin {
     /// Parses `origin` (`http://name[:port]` or `name[:port]`, scheme `http` by default).
-    fn parse(origin: &str) -> Result<Self, InvalidOrigin> {
-        let uri: Uri = origin
-            .parse()
-            .map_err(|_| InvalidOrigin(origin.to_owned()))?;
+    fn parse(origin: &str) -> Result<Self, InvalidSetting> {
+        let uri: Uri = origin.parse().map_err(|_| invalid_origin(origin))?;
         let parts = uri.into_parts();
-        let authority = parts
-            .authority
-            .ok_or_else(|| InvalidOrigin(origin.to_owned()))?;
+        let authority = parts.authority.ok_or_else(|| invalid_origin(origin))?;
         let path = parts.path_and_query.as_ref().map_or("", |p| p.as_str());
         if !(path.is_empty() || path == "/") {
-            return Err(InvalidOrigin(origin.to_owned()));
+            return Err(invalid_origin(origin));
         }
         Ok(Self {
             scheme: parts.scheme.unwrap_or(Scheme::HTTP),
@@ -218,20 +216,14 @@ impl Origin {
 }
 
 /// An origin that is not `[scheme://]host[:port]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InvalidOrigin(String);
-
-impl std::fmt::Display for InvalidOrigin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "invalid origin {:?}: expected [scheme://]host[:port], e.g. \"http://billing\"",
-            self.0
-        )
-    }
+fn invalid_origin(origin: &str) -> InvalidSetting {
+    InvalidSetting::new(
+        "origin",
+        format!(
+            "invalid origin {origin:?}: expected [scheme://]host[:port], e.g. \"http://billing\""
+        ),
+    )
 }
-
-impl std::error::Error for InvalidOrigin {}
 
 /// Makes the layer's server name (if one was set) the origin, unless one is configured. A
 /// name that is not a valid authority is logged and ignored.

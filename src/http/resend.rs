@@ -517,7 +517,7 @@ pub(crate) async fn or_recover<C: Resend>(
 /// comes when the limit is reached, when the body was larger than the bytes kept for a resend
 /// ([`max_replay_body`](super::Http2Connector::max_replay_body)), or when no next connection
 /// will come (the layer was closed). Each one is counted in
-/// [`Stats::refused_requests`](crate::Stats::refused_requests).
+/// [`Stats::refused_requests`](crate::observe::Stats::refused_requests).
 ///
 /// Its `source()` is the underlying hyper error. Find it in an error's source chain (a
 /// `Buffer` wraps errors):

@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use persistent_connection::{CloseReason, Event};
+use persistent_connection::{Event, close::CloseReason};
 use tokio::{sync::watch, time::Instant};
 use tower::Service;
 
