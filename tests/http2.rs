@@ -5,139 +5,26 @@
 
 #[path = "support/h2server.rs"]
 mod h2server;
+mod support;
 
 use std::{
     convert::Infallible,
-    fmt,
-    future::Future,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use bytes::Bytes;
 use h2server::{ClosingListener, H2Server, SilentServer};
-use http::Request;
-use http_body_util::{BodyExt, Empty};
 use persistent_connection::{
-    BoxError, Event, PersistentConnection, PersistentConnectionLayer,
+    PersistentConnection, PersistentConnectionLayer,
     http::{Http2Connection, Http2Connector},
 };
+use support::{Body, Ev, Events, SOON, connected, disconnected, get, get_ok, recorder, within};
 use tokio::{sync::mpsc, time::Instant};
-use tower::{Layer, Service, ServiceExt};
+use tower::Layer;
 
-type Body = Empty<Bytes>;
 type Conn = Http2Connection<Body>;
 type Svc = PersistentConnection<Conn>;
-
-/// A generous bound on anything that should happen "at once" on localhost.
-const SOON: Duration = Duration::from_secs(3);
-
-// === events ===
-
-/// An event, reduced to what the tests compare.
-#[derive(Clone, Debug, PartialEq)]
-enum Ev {
-    Attempting,
-    Address(String),
-    Failed(String),
-    Connected,
-    Disconnected,
-    Other(&'static str),
-}
-
-/// Receives the events of one layer, with the time each was reported.
-struct Recorder {
-    events: mpsc::UnboundedReceiver<(Instant, Ev)>,
-    seen: Vec<(Instant, Ev)>,
-}
-
-/// An `on_event` hook and the recorder it feeds.
-fn recorder<A, S>() -> (impl Fn(&Event<A, S>) + Send + Sync + 'static, Recorder)
-where
-    A: fmt::Debug + 'static,
-    S: 'static,
-{
-    let (sender, events) = mpsc::unbounded_channel();
-    let hook = move |event: &Event<A, S>| {
-        let event = match event {
-            Event::AttemptingToConnect => Ev::Attempting,
-            Event::ObtainedAddress(address) => Ev::Address(format!("{address:?}")),
-            Event::FailedToConnect(error) => Ev::Failed(error.to_string()),
-            Event::Connected(_) => Ev::Connected,
-            Event::Disconnected => Ev::Disconnected,
-            other => Ev::Other(other.name()),
-        };
-        let _ = sender.send((Instant::now(), event));
-    };
-    (
-        hook,
-        Recorder {
-            events,
-            seen: Vec::new(),
-        },
-    )
-}
-
-impl Recorder {
-    /// Waits (at most `bound`, else panics) for the next event equal to `wanted`; returns the
-    /// time it was reported.
-    async fn wait_for(&mut self, wanted: Ev, bound: Duration) -> Instant {
-        let deadline = Instant::now() + bound;
-        loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some((at, event))) => {
-                    self.seen.push((at, event.clone()));
-                    if event == wanted {
-                        return at;
-                    }
-                }
-                _ => panic!(
-                    "no {wanted:?} within {bound:?}; events so far: {:?}",
-                    self.names()
-                ),
-            }
-        }
-    }
-
-    /// Takes every event reported so far into `seen`.
-    fn drain(&mut self) {
-        while let Ok(event) = self.events.try_recv() {
-            self.seen.push(event);
-        }
-    }
-
-    fn names(&self) -> Vec<Ev> {
-        self.seen.iter().map(|(_, event)| event.clone()).collect()
-    }
-}
-
-// === requests ===
-
-/// Runs `future`, failing the test if it takes longer than `bound`.
-async fn within<T>(bound: Duration, what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(bound, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within {bound:?}"))
-}
-
-/// Sends `GET uri` through `svc` (waiting for it to be ready) and returns the body.
-async fn get<S>(svc: &mut S, uri: &str) -> Result<String, BoxError>
-where
-    S: Service<Request<Body>, Response = http::Response<hyper::body::Incoming>, Error = BoxError>,
-{
-    let request = Request::get(uri).body(Empty::new()).unwrap();
-    let response = svc.ready().await?.call(request).await?;
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok(String::from_utf8(body.to_vec())?)
-}
-
-/// `get`, bounded by [`SOON`], expected to succeed.
-async fn get_ok(svc: &mut Svc, uri: &str) -> String {
-    within(SOON, "a request", get(svc, uri))
-        .await
-        .unwrap_or_else(|error| panic!("GET {uri} failed: {error}"))
-}
 
 // === tests ===
 
@@ -232,11 +119,11 @@ async fn a_killed_server_is_noticed_without_a_request_and_reconnected_after_rest
         .jitter(0.0)
         .on_event(hook)
         .http2(Http2Connector::new());
-    events.wait_for(Ev::Connected, SOON).await;
+    events.wait_for(connected, SOON).await;
 
     let killed_at = Instant::now();
     server.kill().await;
-    let disconnected_at = events.wait_for(Ev::Disconnected, SOON).await;
+    let disconnected_at = events.wait_for(disconnected, SOON).await;
     let latency = disconnected_at - killed_at;
     eprintln!("disconnect noticed {latency:?} after the kill");
     assert!(
@@ -246,7 +133,7 @@ async fn a_killed_server_is_noticed_without_a_request_and_reconnected_after_rest
     assert_eq!(server.counts().requests, 0, "no request was needed");
 
     server.restart().await;
-    events.wait_for(Ev::Connected, SOON).await;
+    events.wait_for(connected, SOON).await;
     assert_eq!(
         get_ok(&mut svc, "/again").await,
         "replica-1 http://billing/again"
@@ -280,9 +167,9 @@ async fn discovery_moves_the_connection_to_a_server_on_another_port() {
     *current.lock().unwrap() = new.addr();
 
     events
-        .wait_for(Ev::Address(format!("{:?}", new.addr())), SOON)
+        .wait_for(|e| *e == Ev::Address(new.addr().to_string()), SOON)
         .await;
-    events.wait_for(Ev::Connected, SOON).await;
+    events.wait_for(connected, SOON).await;
     assert_eq!(get_ok(&mut svc, "/y").await, "replica-b http://billing/y");
     assert_eq!(new.counts().accepted, 1);
 }
@@ -342,8 +229,8 @@ async fn keep_alive_notices_a_silent_peer_and_its_requests_fail() {
     let handle = svc.handle();
 
     // Idle: the pings alone find out.
-    let connected_at = events.wait_for(Ev::Connected, SOON).await;
-    let disconnected_at = events.wait_for(Ev::Disconnected, SOON).await;
+    let connected_at = events.wait_for(connected, SOON).await;
+    let disconnected_at = events.wait_for(disconnected, SOON).await;
     let detection = disconnected_at - connected_at;
     eprintln!("silent peer noticed {detection:?} after connecting (idle)");
     assert!(
@@ -372,7 +259,7 @@ async fn keep_alive_notices_a_silent_peer_and_its_requests_fail() {
 fn counting_layer(
     addr: SocketAddr,
     delay: Duration,
-) -> (Svc, mpsc::UnboundedReceiver<Instant>, Recorder) {
+) -> (Svc, mpsc::UnboundedReceiver<Instant>, Events) {
     let (attempt_tx, attempts) = mpsc::unbounded_channel();
     let (hook, events) = recorder::<SocketAddr, Conn>();
     let svc = PersistentConnectionLayer::new(move || {
@@ -406,13 +293,13 @@ async fn attempt_times(
 fn failures_only(seen: &[Ev], addr: SocketAddr) -> Vec<String> {
     assert_eq!(
         seen[..2],
-        [Ev::Attempting, Ev::Address(format!("{addr:?}"))],
+        [Ev::Attempting, Ev::Address(addr.to_string())],
         "{seen:?}"
     );
     seen[2..]
         .iter()
         .map(|event| match event {
-            Ev::Failed(text) => text.clone(),
+            Ev::Failed(text, _) => text.clone(),
             other => panic!("only failures expected, got {other:?} in {seen:?}"),
         })
         .collect()
@@ -427,7 +314,7 @@ async fn accept_then_close_is_retried_once_per_delay_and_never_connected() {
     const DELAY: Duration = Duration::from_millis(300);
     const ATTEMPTS: usize = 5;
     let listener = ClosingListener::start().await;
-    let (svc, mut attempts, mut events) = counting_layer(listener.addr, DELAY);
+    let (svc, mut attempts, events) = counting_layer(listener.addr, DELAY);
 
     let times = attempt_times(&mut attempts, ATTEMPTS, DELAY * 3).await;
     for pair in times.windows(2) {
@@ -447,8 +334,7 @@ async fn accept_then_close_is_retried_once_per_delay_and_never_connected() {
     );
     assert!(accepted >= ATTEMPTS - 1, "every attempt dials: {accepted}");
 
-    events.drain();
-    let failures = failures_only(&events.names(), listener.addr);
+    let failures = failures_only(&events.seen(), listener.addr);
     eprintln!("failures reported over {ATTEMPTS} attempts: {failures:?}");
     // Whether the client meets a clean end or a reset is a race of the TCP stack; either way
     // it is the same failure, reported once.
@@ -465,12 +351,11 @@ async fn a_server_resetting_every_connection_is_one_failure_reported_once() {
     const DELAY: Duration = Duration::from_millis(10);
     const ATTEMPTS: usize = 40;
     let listener = ClosingListener::resetting().await;
-    let (svc, mut attempts, mut events) = counting_layer(listener.addr, DELAY);
+    let (svc, mut attempts, events) = counting_layer(listener.addr, DELAY);
 
     // The first `ATTEMPTS` attempts have all failed once the next one has started.
     attempt_times(&mut attempts, ATTEMPTS + 1, SOON).await;
-    events.drain();
-    let failures = failures_only(&events.names(), listener.addr);
+    let failures = failures_only(&events.seen(), listener.addr);
     let mut texts = failures.clone();
     texts.sort();
     texts.dedup();
@@ -496,7 +381,7 @@ async fn goaway_lets_the_request_in_flight_finish_and_the_layer_reconnects_at_on
         .jitter(0.0)
         .on_event(hook)
         .http2(Http2Connector::new());
-    let connected_at = events.wait_for(Ev::Connected, SOON).await;
+    let connected_at = events.wait_for(connected, SOON).await;
     // One answered request: the connection has served (a `GOAWAY` before any response from a
     // young connection is a failure and waits the delay; see the close-signal tests).
     assert_eq!(
@@ -515,8 +400,8 @@ async fn goaway_lets_the_request_in_flight_finish_and_the_layer_reconnects_at_on
 
     server.goaway();
 
-    let disconnected_at = events.wait_for(Ev::Disconnected, SOON).await;
-    let reconnected_at = events.wait_for(Ev::Connected, SOON).await;
+    let disconnected_at = events.wait_for(disconnected, SOON).await;
+    let reconnected_at = events.wait_for(connected, SOON).await;
     let gap = reconnected_at - disconnected_at;
     assert!(
         gap < Duration::from_secs(1),
@@ -566,7 +451,7 @@ async fn dropping_every_service_clone_and_handle_closes_the_connection() {
     let clone = svc.clone();
     let handle = svc.handle();
     assert_eq!(get_ok(&mut svc, "/x").await, "replica-1 http://billing/x");
-    events.wait_for(Ev::Connected, SOON).await;
+    events.wait_for(connected, SOON).await;
 
     drop(svc);
     drop(clone);
@@ -581,6 +466,6 @@ async fn dropping_every_service_clone_and_handle_closes_the_connection() {
         "connection closed {:?} after the last drop",
         dropped_at.elapsed()
     );
-    events.wait_for(Ev::Disconnected, SOON).await;
+    events.wait_for(disconnected, SOON).await;
     assert_eq!(server.counts().accepted, 1);
 }

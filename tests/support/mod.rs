@@ -1,14 +1,20 @@
 //! Test support, one module per kind of helper: the scripted maker and connections
-//! (`maker`), event recorders (`record`), and time (`time`). The servers and proxies
+//! (`maker`), the event recorder (`record`), time and bounded waits (`time`), and HTTP
+//! requests (`http`). The servers and proxies
 //! (`h2server.rs`, `fault_proxy.rs`, `nginx.rs`, `refusing.rs`, `logs.rs`, `echo.rs`) are
 //! included by the tests that use them with `#[path]`.
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(feature = "hyper")]
+mod http;
 mod maker;
 mod record;
 mod time;
 
 // Not every test uses every module.
+#[cfg(feature = "hyper")]
+#[allow(unused_imports)]
+pub use self::http::*;
 #[allow(unused_imports)]
 pub use {maker::*, record::*, time::*};
 

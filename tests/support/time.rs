@@ -2,6 +2,9 @@
 
 use std::{future::Future, time::Duration};
 
+/// A generous bound, in real time, on anything that should happen "at once" on loopback.
+pub const SOON: Duration = Duration::from_secs(3);
+
 /// Lets the driver (and any other task) run until everything is idle, without moving the
 /// paused clock.
 pub async fn settle() {
@@ -10,21 +13,23 @@ pub async fn settle() {
     }
 }
 
-/// Awaits `future` for at most an hour of (paused) time; panics naming `what` if it is still
-/// pending then.
+/// Awaits `future` for at most `bound`; panics naming `what` if it is still pending then.
 ///
-/// The timer is polled first: when the hour has passed, the test fails even if the future
+/// The timer is polled first: when `bound` has passed, the test fails even if the future
 /// would be ready on one more poll. So a future that misses a wake-up (it is ready, but nobody
-/// woke its task) fails the test instead of passing an hour late, which a future-first select
-/// would hide.
-pub async fn within_an_hour<F: Future>(what: &str, future: F) -> F::Output {
+/// woke its task) fails the test instead of passing late, which a future-first select (or
+/// `tokio::time::timeout`) would hide.
+pub async fn within<F: Future>(bound: Duration, what: &str, future: F) -> F::Output {
     tokio::select! {
         biased;
-        () = tokio::time::sleep(Duration::from_secs(3600)) => {
-            panic!("{what} is still pending after an hour")
-        }
+        () = tokio::time::sleep(bound) => panic!("{what} did not finish within {bound:?}"),
         output = future => output,
     }
+}
+
+/// [`within`] an hour: for paused time, where an hour passes at once when all is idle.
+pub async fn within_an_hour<F: Future>(what: &str, future: F) -> F::Output {
+    within(secs(3600), what, future).await
 }
 
 pub fn secs(s: u64) -> Duration {
