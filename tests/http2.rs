@@ -19,7 +19,9 @@ use persistent_connection::{
     PersistentConnection, PersistentConnectionLayer,
     http::{Http2Connection, Http2Connector},
 };
-use support::{Body, Ev, Events, SOON, connected, disconnected, get, get_ok, recorder, within};
+use support::{
+    Body, Ev, Events, SOON, connected, disconnected, failed, get, get_ok, recorder, within,
+};
 use tokio::{sync::mpsc, time::Instant};
 use tower::Layer;
 
@@ -123,13 +125,12 @@ async fn a_killed_server_is_noticed_without_a_request_and_reconnected_after_rest
 
     let killed_at = Instant::now();
     server.kill().await;
+    // Noticed at all without a request is the property; the bound is wide for a loaded
+    // machine (measured: well under a millisecond).
     let disconnected_at = events.wait_for(disconnected, SOON).await;
     let latency = disconnected_at - killed_at;
     eprintln!("disconnect noticed {latency:?} after the kill");
-    assert!(
-        latency < Duration::from_millis(500),
-        "disconnect noticed only after {latency:?}"
-    );
+    assert!(latency < SOON, "disconnect noticed only after {latency:?}");
     assert_eq!(server.counts().requests, 0, "no request was needed");
 
     server.restart().await;
@@ -209,13 +210,15 @@ async fn requests_in_flight_on_a_killed_connection_fail_with_a_connection_error(
 }
 
 /// With keep-alive pings every 100 ms answered within 200 ms, a peer that stays silent
-/// (never answers, never closes) is reported `Disconnected` within about a second without
-/// any request, and a request sent on such a connection fails instead of hanging.
+/// (never answers, never closes) is reported `Disconnected` without any request (measured:
+/// about 300 ms; bounded at 3 s for a loaded machine), and a request sent through the layer
+/// on the next connection to it fails with the connection's error instead of hanging, after
+/// which that connection too is reported `Disconnected`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_notices_a_silent_peer_and_its_requests_fail() {
     let server = SilentServer::start().await;
     let (hook, mut events) = recorder::<SocketAddr, Conn>();
-    let svc = PersistentConnectionLayer::fixed_address(server.addr)
+    let mut svc = PersistentConnectionLayer::fixed_address(server.addr)
         .server_name("silent")
         .retry_delay(|| Duration::from_millis(100))
         .jitter(0.0)
@@ -226,32 +229,35 @@ async fn keep_alive_notices_a_silent_peer_and_its_requests_fail() {
                 .keep_alive_timeout(Duration::from_millis(200))
                 .keep_alive_while_idle(true),
         );
-    let handle = svc.handle();
 
     // Idle: the pings alone find out.
-    let connected_at = events.wait_for(connected, SOON).await;
+    let connected_at = events.wait_for(|e| *e == Ev::Connected(0), SOON).await;
     let disconnected_at = events.wait_for(disconnected, SOON).await;
     let detection = disconnected_at - connected_at;
     eprintln!("silent peer noticed {detection:?} after connecting (idle)");
     assert!(
-        detection < Duration::from_millis(1500),
+        detection < SOON,
         "silent peer noticed only after {detection:?}"
     );
 
-    // With a request in flight: the request fails once the pings time out.
-    let mut connection = within(SOON, "the next connection", handle.connected())
-        .await
-        .unwrap();
+    // With a request in flight: the layer connects again, and a request through it fails
+    // once the pings time out.
+    events.wait_for(|e| *e == Ev::Connected(1), SOON).await;
     let sent_at = Instant::now();
-    let result = within(
-        SOON,
-        "a request to a silent peer",
-        get(&mut connection, "/never"),
-    )
-    .await;
+    let result = within(SOON, "a request to a silent peer", get(&mut svc, "/never")).await;
     let error = result.expect_err("the silent peer never answers");
     eprintln!("request failed after {:?}: {error}", sent_at.elapsed());
-    assert!(*server.accepted.borrow() >= 2);
+    assert!(
+        error.downcast_ref::<hyper::Error>().is_some(),
+        "expected the connection's (hyper) error, got {error:?}"
+    );
+    events.wait_for(disconnected, SOON).await;
+    assert_eq!(
+        events.count(failed),
+        0,
+        "every dial connected: {:?}",
+        events.seen()
+    );
 }
 
 /// A layer over `addr` whose address source reports the time of every attempt on the
@@ -324,13 +330,16 @@ async fn accept_then_close_is_retried_once_per_delay_and_never_connected() {
             "attempts {gap:?} apart, less than the retry delay"
         );
     }
-    // Over the first `span` of time, at most `span / delay + 1` attempts and dials.
-    let span = times[ATTEMPTS - 1] - times[0];
-    let bound = (span.as_millis() / DELAY.as_millis()) as usize + 1;
+    // Since the first attempt, at most one attempt and one dial per retry delay, counted
+    // together at one instant (the attempts reported by then included).
     let accepted = *listener.accepted.borrow();
+    let attempted = ATTEMPTS + std::iter::from_fn(|| attempts.try_recv().ok()).count();
+    let span = times[0].elapsed();
+    let bound = (span.as_millis() / DELAY.as_millis()) as usize + 1;
+    eprintln!("{attempted} attempts and {accepted} dials in {span:?}");
     assert!(
-        accepted <= bound && attempts.try_recv().is_err(),
-        "{accepted} dials in {span:?}"
+        attempted <= bound && accepted <= bound,
+        "{attempted} attempts and {accepted} dials in {span:?}: more than one per {DELAY:?}"
     );
     assert!(accepted >= ATTEMPTS - 1, "every attempt dials: {accepted}");
 
@@ -373,11 +382,13 @@ async fn a_server_resetting_every_connection_is_one_failure_reported_once() {
 /// to the new connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn goaway_lets_the_request_in_flight_finish_and_the_layer_reconnects_at_once() {
+    const RETRY_DELAY: Duration = Duration::from_secs(10);
+    const SLOW: Duration = Duration::from_secs(3);
     let server = H2Server::start("replica-1").await;
     let (hook, mut events) = recorder::<SocketAddr, Conn>();
     let mut svc = PersistentConnectionLayer::fixed_address(server.addr())
         .server_name("billing")
-        .retry_delay(|| Duration::from_secs(10))
+        .retry_delay(|| RETRY_DELAY)
         .jitter(0.0)
         .on_event(hook)
         .http2(Http2Connector::new());
@@ -389,7 +400,9 @@ async fn goaway_lets_the_request_in_flight_finish_and_the_layer_reconnects_at_on
         "replica-1 http://billing/first"
     );
 
-    server.set_delay(Duration::from_millis(300));
+    // Long enough that the new connection serves `/next` while the old one still holds this
+    // stream, even on a loaded machine.
+    server.set_delay(SLOW);
     let mut slow_svc = svc.clone();
     let slow = tokio::spawn(async move {
         let body = get(&mut slow_svc, "/slow").await;
@@ -403,8 +416,9 @@ async fn goaway_lets_the_request_in_flight_finish_and_the_layer_reconnects_at_on
     let disconnected_at = events.wait_for(disconnected, SOON).await;
     let reconnected_at = events.wait_for(connected, SOON).await;
     let gap = reconnected_at - disconnected_at;
+    eprintln!("reconnected {gap:?} after the GOAWAY's disconnect");
     assert!(
-        gap < Duration::from_secs(1),
+        gap < RETRY_DELAY / 2,
         "reconnect took {gap:?}: it waited for the retry delay"
     );
 
@@ -421,7 +435,9 @@ async fn goaway_lets_the_request_in_flight_finish_and_the_layer_reconnects_at_on
         "the old connection still serves its stream"
     );
 
-    let (slow, finished_at) = within(SOON, "the request in flight", slow).await.unwrap();
+    let (slow, finished_at) = within(SLOW + SOON, "the request in flight", slow)
+        .await
+        .unwrap();
     eprintln!(
         "GOAWAY: disconnected at {:?}, reconnected at {:?}, request in flight done at {:?}",
         disconnected_at - connected_at,

@@ -521,10 +521,8 @@ async fn s07_half_open_with_keep_alive_is_noticed_without_a_request_and_fails_th
     let disconnected_at = events.wait_for(disconnected, SOON).await;
     let detection = disconnected_at - silent_at;
     eprintln!("idle half-open connection noticed after {detection:?}");
-    assert!(
-        detection < Duration::from_secs(1),
-        "noticed only after {detection:?}"
-    );
+    // Noticed at all, without a request, is the property (measured: about 300 ms).
+    assert!(detection < SOON, "noticed only after {detection:?}");
     assert_eq!(server.counts().requests, 0, "no request was needed");
 
     // A call in flight when the peer goes silent fails once the pings time out.
@@ -544,10 +542,7 @@ async fn s07_half_open_with_keep_alive_is_noticed_without_a_request_and_fails_th
         "call in flight failed after {failed_after:?}: {}",
         chain(&*error)
     );
-    assert!(
-        failed_after < Duration::from_secs(1),
-        "failed only after {failed_after:?}"
-    );
+    assert!(failed_after < SOON, "failed only after {failed_after:?}");
     events.wait_for(disconnected, SOON).await;
 }
 
@@ -727,10 +722,11 @@ async fn s24_graceful_shutdown_goaway_finishes_the_call_in_flight_and_fails_no_r
 /// the 10 s retry delay during which every new request waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s24_goaway_under_load_reconnects_at_once_not_after_the_retry_delay() {
-    let gap = goaway_under_load(Duration::from_secs(10), 6).await;
+    const RETRY_DELAY: Duration = Duration::from_secs(10);
+    let gap = goaway_under_load(RETRY_DELAY, 6).await;
     assert!(
-        gap < Duration::from_secs(1),
-        "reconnected only after {gap:?}"
+        gap < RETRY_DELAY / 2,
+        "reconnected only after {gap:?}: it waited for the retry delay"
     );
 }
 
