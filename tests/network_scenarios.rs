@@ -750,7 +750,7 @@ async fn s24_graceful_close_seen_first_by_a_request_still_reconnects_at_once() {
     let mut ready = tokio_test::task::spawn(ServiceExt::<String>::ready(&mut svc));
     tokio_test::assert_pending!(ready.poll());
     drop(ready);
-    support::settle().await;
+    support::yield_until("a second attempt", || maker.attempts() == 2).await;
     assert_eq!(
         maker.attempt_times(),
         [support::secs(0), support::secs(5)],

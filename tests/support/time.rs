@@ -5,12 +5,25 @@ use std::{future::Future, time::Duration};
 /// A generous bound, in real time, on anything that should happen "at once" on loopback.
 pub const SOON: Duration = Duration::from_secs(3);
 
-/// Lets the driver (and any other task) run until everything is idle, without moving the
-/// paused clock.
-pub async fn settle() {
+/// Yields 50 times, without moving the paused clock, so that spawned tasks (the driver) get
+/// to run. It waits for nothing in particular: where the test awaits a condition, use
+/// [`yield_until`].
+pub async fn let_tasks_run() {
     for _ in 0..50 {
         tokio::task::yield_now().await;
     }
+}
+
+/// Yields until `done` holds, without moving the paused clock; panics naming `what` after
+/// 10,000 yields.
+pub async fn yield_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(done(), "{what} does not hold after 10,000 yields");
 }
 
 /// Awaits `future` for at most `bound`; panics naming `what` if it is still pending then.
