@@ -552,18 +552,22 @@ async fn balancing_on_the_connections_own_load_spreads_requests_and_keeps_a_down
 
     // No reply comes back during the burst, so each live connection's load is exactly the
     // number of requests it was sent.
-    servers[0].set_delay(Duration::from_millis(500));
-    servers[1].set_delay(Duration::from_millis(500));
+    // Long enough that no reply comes back during the burst even on a loaded machine (the
+    // burst takes milliseconds).
+    let burst_started = std::time::Instant::now();
+    servers[0].set_delay(Duration::from_secs(3));
+    servers[1].set_delay(Duration::from_secs(3));
     let mut replies = Replies::default();
     for n in 0..BURST {
         let response = send(&mut balancer, n).await;
         replies.spawn(n, response);
         assert_eq!(balancer.len(), 3, "an endpoint was evicted");
     }
+    eprintln!("burst of {BURST} sent in {:?}", burst_started.elapsed());
     assert_eq!(
         servers[0].served() + servers[1].served(),
         0,
-        "a reply came back during the burst (the machine stalled for 500 ms)"
+        "a reply came back during the burst (the machine stalled for 3 s)"
     );
     servers[0].set_delay(Duration::ZERO);
     servers[1].set_delay(Duration::ZERO);

@@ -71,7 +71,7 @@ async fn close_cancels_an_attempt_in_flight_at_once() {
     let events = Events::new();
     let svc = service(&maker, &events);
     let handle = svc.handle();
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(maker.in_flight.load(Ordering::SeqCst), 1);
 
     let before = Instant::now();
@@ -135,7 +135,7 @@ async fn is_closed_is_true_right_after_close_is_called() {
     let events = Events::new();
     let svc = service(&maker, &events);
     let handle = svc.handle();
-    settle().await;
+    let_tasks_run().await;
     assert!(!handle.is_closed());
 
     let close = handle.close();
@@ -158,7 +158,7 @@ async fn calling_close_twice_waits_for_the_same_completion() {
     let events = Events::new();
     let svc = service(&maker, &events);
     let handle = svc.handle();
-    settle().await;
+    let_tasks_run().await;
 
     let mut first = task::spawn(handle.close());
     let mut second = task::spawn(handle.close());
@@ -167,7 +167,7 @@ async fn calling_close_twice_waits_for_the_same_completion() {
     assert_pending!(first.poll());
     assert_pending!(closed.poll());
 
-    settle().await;
+    let_tasks_run().await;
     assert!(second.is_woken() && first.is_woken() && closed.is_woken());
     assert_ready!(second.poll());
     assert_ready!(first.poll());
@@ -181,7 +181,7 @@ async fn connected_after_close_resolves_to_closed() {
     let events = Events::new();
     let svc = service(&maker, &events);
     let handle = svc.handle();
-    settle().await;
+    let_tasks_run().await;
 
     within_an_hour("close()", handle.close()).await;
     let result = within_an_hour("connected()", handle.connected()).await;
@@ -196,7 +196,7 @@ async fn connected_waiting_during_an_outage_resolves_to_closed_on_close() {
     let events = Events::new();
     let svc = service(&maker, &events);
     let handle = svc.handle();
-    settle().await;
+    let_tasks_run().await;
 
     let mut connected = task::spawn(connected_id(&handle));
     assert_pending!(connected.poll());
@@ -218,7 +218,7 @@ async fn connected_or_failed_to_connect_after_close_is_a_closed_error() {
     let events = Events::new();
     let svc = service(&maker, &events);
     let handle = svc.handle();
-    settle().await;
+    let_tasks_run().await;
 
     within_an_hour("close()", handle.close()).await;
     let result = within_an_hour(
@@ -248,7 +248,7 @@ fn a_dropped_driver_task_closes_the_connection_for_every_waiter() {
         let events = Events::new();
         let svc = service(&maker, &events);
         let handle = svc.handle();
-        settle().await;
+        let_tasks_run().await;
         let mut waiting = task::spawn(connected_id(&handle));
         assert_pending!(waiting.poll());
         (svc, handle, waiting)
@@ -282,7 +282,7 @@ async fn dropping_every_user_while_connected_drops_the_connection() {
     assert_eq!(maker.live.load(Ordering::SeqCst), 1);
 
     drop((svc, clone, handle));
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(maker.live.load(Ordering::SeqCst), 0);
 }
 
@@ -310,16 +310,16 @@ async fn close_after_current_closes_when_the_connection_ends() {
     let events = Events::new();
     let mut svc = service(&maker, &events);
     let handle = svc.handle();
-    settle().await;
+    let_tasks_run().await;
 
     handle.close_after_current();
-    settle().await;
+    let_tasks_run().await;
     assert!(!handle.is_closed());
     assert_eq!(handle.state(), State::Connected);
     assert_eq!(send(&mut svc, "x").await.unwrap(), "0:x");
 
     maker.conn(0).kill();
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(events.names().last().unwrap(), "Disconnected");
     assert!(handle.is_closed());
     within_an_hour("closed()", handle.closed()).await;
@@ -338,7 +338,7 @@ async fn close_after_current_during_an_outage_closes_at_once() {
     let events = Events::new();
     let svc = service(&maker, &events);
     let handle = svc.handle();
-    settle().await;
+    let_tasks_run().await;
 
     let before = Instant::now();
     handle.close_after_current();
@@ -356,7 +356,7 @@ async fn connected_resolves_at_once_with_the_current_connection() {
     let events = Events::new();
     let svc = service(&maker, &events);
     let handle = svc.handle();
-    settle().await;
+    let_tasks_run().await;
 
     let current = handle.current_connection().expect("not connected");
     let mut connected = task::spawn(connected_id(&handle));
@@ -370,17 +370,17 @@ async fn connected_during_an_outage_resolves_with_the_next_connection() {
     let events = Events::new();
     let svc = service(&maker, &events);
     let handle = svc.handle();
-    settle().await;
+    let_tasks_run().await;
     // Connection 0 dies at once: attempts at 10 s (fails) and 20 s (connects).
     maker.conn(0).kill();
-    settle().await;
+    let_tasks_run().await;
 
     let mut connected = task::spawn(connected_id(&handle));
     assert_pending!(connected.poll());
     tokio::time::sleep(secs(15)).await;
     assert_pending!(connected.poll());
     tokio::time::sleep(secs(5)).await;
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(assert_ready!(connected.poll()), Ok(1));
 }
 
@@ -391,15 +391,15 @@ async fn current_connection_is_some_only_while_connected() {
     let events = Events::new();
     let svc = service(&maker, &events);
     let handle = svc.handle();
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(handle.current_connection().map(|c| c.id()), Some(0));
 
     maker.conn(0).kill();
-    settle().await;
+    let_tasks_run().await;
     assert!(handle.current_connection().is_none());
 
     tokio::time::sleep(secs(10)).await;
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(handle.current_connection().map(|c| c.id()), Some(1));
 }
 
@@ -411,7 +411,7 @@ async fn connected_or_failed_to_connect_returns_the_current_connection() {
     let events = Events::new();
     let svc = service(&maker, &events);
     let handle = svc.handle();
-    settle().await;
+    let_tasks_run().await;
 
     let mut outcome = task::spawn(outcome_id(&handle));
     assert_eq!(assert_ready!(outcome.poll()).unwrap(), 0);
@@ -425,13 +425,13 @@ async fn connected_or_failed_to_connect_returns_the_next_attempts_error() {
     let events = Events::new();
     let svc = service(&maker, &events);
     let handle = svc.handle();
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(maker.attempts(), 1);
 
     let mut outcome = task::spawn(outcome_id(&handle));
     assert_pending!(outcome.poll());
     tokio::time::sleep(secs(10)).await;
-    settle().await;
+    let_tasks_run().await;
     let error = match assert_ready!(outcome.poll()) {
         Ok(id) => panic!("connected to {id}"),
         Err(error) => error,
@@ -448,12 +448,12 @@ async fn connected_or_failed_to_connect_returns_the_next_attempts_connection() {
     let events = Events::new();
     let svc = service(&maker, &events);
     let handle = svc.handle();
-    settle().await;
+    let_tasks_run().await;
 
     let mut outcome = task::spawn(outcome_id(&handle));
     assert_pending!(outcome.poll());
     tokio::time::sleep(secs(10)).await;
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(assert_ready!(outcome.poll()).unwrap(), 0);
 }
 

@@ -114,7 +114,7 @@ async fn a_connection_dying_under_a_waiting_buffer_does_not_poison_it() {
     let first = maker.conn(0);
     first.set_busy(true);
     let queued = spawn_send(&buffer, "b".into());
-    settle().await;
+    let_tasks_run().await;
     assert!(!queued.is_finished());
     let polls = first.polls();
 
@@ -173,7 +173,7 @@ async fn load_shed_fails_fast_while_disconnected_and_passes_once_connected() {
     let svc = layer().layer(maker.clone());
     let handle = svc.handle();
     let mut svc = LoadShed::new(svc);
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(maker.attempts(), 1);
 
     let err = send(&mut svc, "a").await.unwrap_err();
@@ -307,7 +307,7 @@ async fn a_service_builder_stack_bounds_waiting_and_sheds_the_excess_during_an_o
         .service(maker.clone());
 
     let admitted = [spawn_send(&svc, "a".into()), spawn_send(&svc, "b".into())];
-    settle().await;
+    let_tasks_run().await;
     let (reply, at) = spawn_send(&svc, "c".into()).await.unwrap();
     let err = reply.unwrap_err();
     assert!(err.is::<Overloaded>(), "not Overloaded: {err}");
@@ -342,7 +342,7 @@ async fn ready_waits_while_disconnected_then_resolves() {
     let mut svc = layer().layer(maker.clone());
     let handle = svc.handle();
     let start = Instant::now();
-    settle().await;
+    let_tasks_run().await;
 
     let mut ready = task::spawn(ServiceExt::<String>::ready(&mut svc));
     assert_pending!(ready.poll());

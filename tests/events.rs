@@ -7,7 +7,7 @@ use std::{
     convert::Infallible,
     pin::Pin,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll},
@@ -17,40 +17,6 @@ use std::{
 use persistent_connection::{ConnectErrorKind, Event, PersistentConnectionLayer};
 use support::{Addr, Conn, Events, Maker, Plan, addresses, secs};
 use tower::{Layer, Service, ServiceExt};
-
-/// An event recorder that also keeps the kind and time of every reported `FailedToConnect`.
-#[derive(Clone)]
-struct Recorder {
-    events: Events,
-    kinds: Arc<Mutex<Vec<(Duration, ConnectErrorKind)>>>,
-    start: tokio::time::Instant,
-}
-
-impl Recorder {
-    fn new() -> Self {
-        Self {
-            events: Events::new(),
-            kinds: Arc::default(),
-            start: tokio::time::Instant::now(),
-        }
-    }
-
-    fn hook(&self) -> impl Fn(&Event<Addr, Conn>) + Send + Sync + 'static {
-        let record = self.events.hook();
-        let kinds = self.kinds.clone();
-        let start = self.start;
-        move |event: &Event<Addr, Conn>| {
-            if let Event::FailedToConnect(error) = event {
-                kinds.lock().unwrap().push((start.elapsed(), error.kind()));
-            }
-            record(event);
-        }
-    }
-
-    fn kinds(&self) -> Vec<(Duration, ConnectErrorKind)> {
-        self.kinds.lock().unwrap().clone()
-    }
-}
 
 /// `(time, text)` pairs, for comparing a whole event log at once.
 fn timed(expected: &[(u64, &str)]) -> Vec<(Duration, String)> {
@@ -243,7 +209,7 @@ async fn a_failure_of_get_address_is_a_failed_attempt_of_kind_discovery() {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
     let maker = Maker::always_connect();
-    let recorder = Recorder::new();
+    let recorder = Events::new();
     let svc = PersistentConnectionLayer::new(move || {
         let n = counter.fetch_add(1, Ordering::SeqCst);
         std::future::ready(if n == 0 {
@@ -261,7 +227,7 @@ async fn a_failure_of_get_address_is_a_failed_attempt_of_kind_discovery() {
         vec![(secs(0), ConnectErrorKind::Discovery)]
     );
     assert_eq!(
-        recorder.events.timed(),
+        recorder.timed(),
         timed(&[
             (0, "Attempting"),
             (0, "Failed(address discovery failed: catalog unreachable)"),
@@ -276,7 +242,7 @@ async fn a_failure_of_get_address_is_a_failed_attempt_of_kind_discovery() {
 #[tokio::test(start_paused = true)]
 async fn a_maker_error_is_a_failed_attempt_of_kind_connect() {
     let maker = Maker::new([Plan::Fail("refused")], Plan::Connect);
-    let recorder = Recorder::new();
+    let recorder = Events::new();
     let svc = PersistentConnectionLayer::fixed_address("a")
         .jitter(0.0)
         .on_event(recorder.hook())
@@ -285,7 +251,6 @@ async fn a_maker_error_is_a_failed_attempt_of_kind_connect() {
     assert_eq!(recorder.kinds(), vec![(secs(0), ConnectErrorKind::Connect)]);
     assert!(
         recorder
-            .events
             .names()
             .contains(&"Failed(connect failed: refused)".to_string())
     );
@@ -326,7 +291,7 @@ async fn a_maker_poll_ready_error_is_a_failed_attempt() {
         inner: inner.clone(),
         failures_left: Arc::new(AtomicUsize::new(1)),
     };
-    let recorder = Recorder::new();
+    let recorder = Events::new();
     let svc = PersistentConnectionLayer::fixed_address("a")
         .jitter(0.0)
         .on_event(recorder.hook())
@@ -334,7 +299,7 @@ async fn a_maker_poll_ready_error_is_a_failed_attempt() {
     svc.handle().connected().await.unwrap();
     assert_eq!(recorder.kinds(), vec![(secs(0), ConnectErrorKind::Connect)]);
     assert_eq!(
-        recorder.events.timed(),
+        recorder.timed(),
         timed(&[
             (0, "Attempting"),
             (0, "Address(a)"),
@@ -352,7 +317,7 @@ async fn a_panic_in_the_get_address_future_is_a_failed_attempt_of_kind_panic() {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
     let maker = Maker::always_connect();
-    let recorder = Recorder::new();
+    let recorder = Events::new();
     let svc = PersistentConnectionLayer::new(move || {
         let n = counter.fetch_add(1, Ordering::SeqCst);
         async move {
@@ -370,7 +335,6 @@ async fn a_panic_in_the_get_address_future_is_a_failed_attempt_of_kind_panic() {
     assert_eq!(recorder.kinds(), vec![(secs(0), ConnectErrorKind::Panic)]);
     assert!(
         recorder
-            .events
             .names()
             .contains(&"Failed(connect attempt panicked: lookup exploded)".to_string())
     );
@@ -385,7 +349,7 @@ async fn a_panic_in_the_get_address_closure_is_a_failed_attempt_of_kind_panic() 
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
     let maker = Maker::always_connect();
-    let recorder = Recorder::new();
+    let recorder = Events::new();
     let svc = PersistentConnectionLayer::new(move || {
         if counter.fetch_add(1, Ordering::SeqCst) == 0 {
             panic!("lookup exploded");
@@ -406,7 +370,7 @@ async fn a_panic_in_the_get_address_closure_is_a_failed_attempt_of_kind_panic() 
 #[tokio::test(start_paused = true)]
 async fn a_panic_in_the_maker_is_a_failed_attempt_of_kind_panic() {
     let maker = Maker::new([Plan::Panic], Plan::Connect);
-    let recorder = Recorder::new();
+    let recorder = Events::new();
     let svc = PersistentConnectionLayer::fixed_address("a")
         .jitter(0.0)
         .on_event(recorder.hook())
@@ -416,7 +380,6 @@ async fn a_panic_in_the_maker_is_a_failed_attempt_of_kind_panic() {
     assert_eq!(recorder.kinds(), vec![(secs(0), ConnectErrorKind::Panic)]);
     assert!(
         recorder
-            .events
             .names()
             .contains(&"Failed(connect attempt panicked: maker exploded)".to_string())
     );
@@ -428,7 +391,7 @@ async fn a_panic_in_the_maker_is_a_failed_attempt_of_kind_panic() {
 #[tokio::test(start_paused = true)]
 async fn a_hanging_connect_fails_at_the_default_timeout_of_20_seconds() {
     let maker = Maker::new([Plan::Hang], Plan::Connect);
-    let recorder = Recorder::new();
+    let recorder = Events::new();
     let svc = PersistentConnectionLayer::fixed_address("a")
         .jitter(0.0)
         .on_event(recorder.hook())
@@ -443,7 +406,6 @@ async fn a_hanging_connect_fails_at_the_default_timeout_of_20_seconds() {
     );
     assert!(
         recorder
-            .events
             .names()
             .contains(&"Failed(connect attempt timed out after 20s)".to_string())
     );
@@ -457,7 +419,7 @@ async fn a_hanging_connect_fails_at_the_default_timeout_of_20_seconds() {
 #[tokio::test(start_paused = true)]
 async fn the_connect_timeout_counts_discovery_time() {
     let maker = Maker::new([], Plan::ConnectAfter(secs(3)));
-    let recorder = Recorder::new();
+    let recorder = Events::new();
     let _svc = PersistentConnectionLayer::new(|| async {
         tokio::time::sleep(secs(3)).await;
         Ok::<_, Infallible>("a")
@@ -469,7 +431,7 @@ async fn the_connect_timeout_counts_discovery_time() {
     tokio::time::sleep(secs(9)).await;
     assert_eq!(recorder.kinds(), vec![(secs(5), ConnectErrorKind::Timeout)]);
     assert_eq!(
-        recorder.events.timed(),
+        recorder.timed(),
         timed(&[
             (0, "Attempting"),
             (3, "Address(a)"),

@@ -239,13 +239,16 @@ async fn idle_close_is_noticed_and_replaced_at_once() {
     let noticed = started.elapsed();
     next_event(&mut rx, "Connected").await;
     let replaced = started.elapsed();
+    // "At once" is against the 10 s retry delay: bounds wide enough for a loaded machine
+    // (measured: milliseconds), that still tell the two apart.
+    eprintln!("idle close noticed after {noticed:?}, replaced after {replaced:?}");
     assert!(
-        noticed < Duration::from_millis(500),
+        noticed < Duration::from_secs(3),
         "noticed after {noticed:?}"
     );
     assert!(
-        replaced < Duration::from_secs(2),
-        "replaced after {replaced:?}"
+        replaced < Duration::from_secs(5),
+        "replaced after {replaced:?}: it waited for the retry delay"
     );
     assert_eq!(server.accepted(), 2);
     let reply = timeout(GUARD, svc.oneshot(get("/after")))

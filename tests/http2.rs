@@ -5,139 +5,28 @@
 
 #[path = "support/h2server.rs"]
 mod h2server;
+mod support;
 
 use std::{
     convert::Infallible,
-    fmt,
-    future::Future,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use bytes::Bytes;
 use h2server::{ClosingListener, H2Server, SilentServer};
-use http::Request;
-use http_body_util::{BodyExt, Empty};
 use persistent_connection::{
-    BoxError, Event, PersistentConnection, PersistentConnectionLayer,
+    PersistentConnection, PersistentConnectionLayer,
     http::{Http2Connection, Http2Connector},
 };
+use support::{
+    Body, Ev, Events, SOON, connected, disconnected, failed, get, get_ok, recorder, within,
+};
 use tokio::{sync::mpsc, time::Instant};
-use tower::{Layer, Service, ServiceExt};
+use tower::Layer;
 
-type Body = Empty<Bytes>;
 type Conn = Http2Connection<Body>;
 type Svc = PersistentConnection<Conn>;
-
-/// A generous bound on anything that should happen "at once" on localhost.
-const SOON: Duration = Duration::from_secs(3);
-
-// === events ===
-
-/// An event, reduced to what the tests compare.
-#[derive(Clone, Debug, PartialEq)]
-enum Ev {
-    Attempting,
-    Address(String),
-    Failed(String),
-    Connected,
-    Disconnected,
-    Other(&'static str),
-}
-
-/// Receives the events of one layer, with the time each was reported.
-struct Recorder {
-    events: mpsc::UnboundedReceiver<(Instant, Ev)>,
-    seen: Vec<(Instant, Ev)>,
-}
-
-/// An `on_event` hook and the recorder it feeds.
-fn recorder<A, S>() -> (impl Fn(&Event<A, S>) + Send + Sync + 'static, Recorder)
-where
-    A: fmt::Debug + 'static,
-    S: 'static,
-{
-    let (sender, events) = mpsc::unbounded_channel();
-    let hook = move |event: &Event<A, S>| {
-        let event = match event {
-            Event::AttemptingToConnect => Ev::Attempting,
-            Event::ObtainedAddress(address) => Ev::Address(format!("{address:?}")),
-            Event::FailedToConnect(error) => Ev::Failed(error.to_string()),
-            Event::Connected(_) => Ev::Connected,
-            Event::Disconnected => Ev::Disconnected,
-            other => Ev::Other(other.name()),
-        };
-        let _ = sender.send((Instant::now(), event));
-    };
-    (
-        hook,
-        Recorder {
-            events,
-            seen: Vec::new(),
-        },
-    )
-}
-
-impl Recorder {
-    /// Waits (at most `bound`, else panics) for the next event equal to `wanted`; returns the
-    /// time it was reported.
-    async fn wait_for(&mut self, wanted: Ev, bound: Duration) -> Instant {
-        let deadline = Instant::now() + bound;
-        loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some((at, event))) => {
-                    self.seen.push((at, event.clone()));
-                    if event == wanted {
-                        return at;
-                    }
-                }
-                _ => panic!(
-                    "no {wanted:?} within {bound:?}; events so far: {:?}",
-                    self.names()
-                ),
-            }
-        }
-    }
-
-    /// Takes every event reported so far into `seen`.
-    fn drain(&mut self) {
-        while let Ok(event) = self.events.try_recv() {
-            self.seen.push(event);
-        }
-    }
-
-    fn names(&self) -> Vec<Ev> {
-        self.seen.iter().map(|(_, event)| event.clone()).collect()
-    }
-}
-
-// === requests ===
-
-/// Runs `future`, failing the test if it takes longer than `bound`.
-async fn within<T>(bound: Duration, what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(bound, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within {bound:?}"))
-}
-
-/// Sends `GET uri` through `svc` (waiting for it to be ready) and returns the body.
-async fn get<S>(svc: &mut S, uri: &str) -> Result<String, BoxError>
-where
-    S: Service<Request<Body>, Response = http::Response<hyper::body::Incoming>, Error = BoxError>,
-{
-    let request = Request::get(uri).body(Empty::new()).unwrap();
-    let response = svc.ready().await?.call(request).await?;
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok(String::from_utf8(body.to_vec())?)
-}
-
-/// `get`, bounded by [`SOON`], expected to succeed.
-async fn get_ok(svc: &mut Svc, uri: &str) -> String {
-    within(SOON, "a request", get(svc, uri))
-        .await
-        .unwrap_or_else(|error| panic!("GET {uri} failed: {error}"))
-}
 
 // === tests ===
 
@@ -232,21 +121,20 @@ async fn a_killed_server_is_noticed_without_a_request_and_reconnected_after_rest
         .jitter(0.0)
         .on_event(hook)
         .http2(Http2Connector::new());
-    events.wait_for(Ev::Connected, SOON).await;
+    events.wait_for(connected, SOON).await;
 
     let killed_at = Instant::now();
     server.kill().await;
-    let disconnected_at = events.wait_for(Ev::Disconnected, SOON).await;
+    // Noticed at all without a request is the property; the bound is wide for a loaded
+    // machine (measured: well under a millisecond).
+    let disconnected_at = events.wait_for(disconnected, SOON).await;
     let latency = disconnected_at - killed_at;
     eprintln!("disconnect noticed {latency:?} after the kill");
-    assert!(
-        latency < Duration::from_millis(500),
-        "disconnect noticed only after {latency:?}"
-    );
+    assert!(latency < SOON, "disconnect noticed only after {latency:?}");
     assert_eq!(server.counts().requests, 0, "no request was needed");
 
     server.restart().await;
-    events.wait_for(Ev::Connected, SOON).await;
+    events.wait_for(connected, SOON).await;
     assert_eq!(
         get_ok(&mut svc, "/again").await,
         "replica-1 http://billing/again"
@@ -280,9 +168,9 @@ async fn discovery_moves_the_connection_to_a_server_on_another_port() {
     *current.lock().unwrap() = new.addr();
 
     events
-        .wait_for(Ev::Address(format!("{:?}", new.addr())), SOON)
+        .wait_for(|e| *e == Ev::Address(new.addr().to_string()), SOON)
         .await;
-    events.wait_for(Ev::Connected, SOON).await;
+    events.wait_for(connected, SOON).await;
     assert_eq!(get_ok(&mut svc, "/y").await, "replica-b http://billing/y");
     assert_eq!(new.counts().accepted, 1);
 }
@@ -322,13 +210,15 @@ async fn requests_in_flight_on_a_killed_connection_fail_with_a_connection_error(
 }
 
 /// With keep-alive pings every 100 ms answered within 200 ms, a peer that stays silent
-/// (never answers, never closes) is reported `Disconnected` within about a second without
-/// any request, and a request sent on such a connection fails instead of hanging.
+/// (never answers, never closes) is reported `Disconnected` without any request (measured:
+/// about 300 ms; bounded at 3 s for a loaded machine), and a request sent through the layer
+/// on the next connection to it fails with the connection's error instead of hanging, after
+/// which that connection too is reported `Disconnected`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_notices_a_silent_peer_and_its_requests_fail() {
     let server = SilentServer::start().await;
     let (hook, mut events) = recorder::<SocketAddr, Conn>();
-    let svc = PersistentConnectionLayer::fixed_address(server.addr)
+    let mut svc = PersistentConnectionLayer::fixed_address(server.addr)
         .server_name("silent")
         .retry_delay(|| Duration::from_millis(100))
         .jitter(0.0)
@@ -339,32 +229,35 @@ async fn keep_alive_notices_a_silent_peer_and_its_requests_fail() {
                 .keep_alive_timeout(Duration::from_millis(200))
                 .keep_alive_while_idle(true),
         );
-    let handle = svc.handle();
 
     // Idle: the pings alone find out.
-    let connected_at = events.wait_for(Ev::Connected, SOON).await;
-    let disconnected_at = events.wait_for(Ev::Disconnected, SOON).await;
+    let connected_at = events.wait_for(|e| *e == Ev::Connected(0), SOON).await;
+    let disconnected_at = events.wait_for(disconnected, SOON).await;
     let detection = disconnected_at - connected_at;
     eprintln!("silent peer noticed {detection:?} after connecting (idle)");
     assert!(
-        detection < Duration::from_millis(1500),
+        detection < SOON,
         "silent peer noticed only after {detection:?}"
     );
 
-    // With a request in flight: the request fails once the pings time out.
-    let mut connection = within(SOON, "the next connection", handle.connected())
-        .await
-        .unwrap();
+    // With a request in flight: the layer connects again, and a request through it fails
+    // once the pings time out.
+    events.wait_for(|e| *e == Ev::Connected(1), SOON).await;
     let sent_at = Instant::now();
-    let result = within(
-        SOON,
-        "a request to a silent peer",
-        get(&mut connection, "/never"),
-    )
-    .await;
+    let result = within(SOON, "a request to a silent peer", get(&mut svc, "/never")).await;
     let error = result.expect_err("the silent peer never answers");
     eprintln!("request failed after {:?}: {error}", sent_at.elapsed());
-    assert!(*server.accepted.borrow() >= 2);
+    assert!(
+        error.downcast_ref::<hyper::Error>().is_some(),
+        "expected the connection's (hyper) error, got {error:?}"
+    );
+    events.wait_for(disconnected, SOON).await;
+    assert_eq!(
+        events.count(failed),
+        0,
+        "every dial connected: {:?}",
+        events.seen()
+    );
 }
 
 /// A layer over `addr` whose address source reports the time of every attempt on the
@@ -372,7 +265,7 @@ async fn keep_alive_notices_a_silent_peer_and_its_requests_fail() {
 fn counting_layer(
     addr: SocketAddr,
     delay: Duration,
-) -> (Svc, mpsc::UnboundedReceiver<Instant>, Recorder) {
+) -> (Svc, mpsc::UnboundedReceiver<Instant>, Events) {
     let (attempt_tx, attempts) = mpsc::unbounded_channel();
     let (hook, events) = recorder::<SocketAddr, Conn>();
     let svc = PersistentConnectionLayer::new(move || {
@@ -406,13 +299,13 @@ async fn attempt_times(
 fn failures_only(seen: &[Ev], addr: SocketAddr) -> Vec<String> {
     assert_eq!(
         seen[..2],
-        [Ev::Attempting, Ev::Address(format!("{addr:?}"))],
+        [Ev::Attempting, Ev::Address(addr.to_string())],
         "{seen:?}"
     );
     seen[2..]
         .iter()
         .map(|event| match event {
-            Ev::Failed(text) => text.clone(),
+            Ev::Failed(text, _) => text.clone(),
             other => panic!("only failures expected, got {other:?} in {seen:?}"),
         })
         .collect()
@@ -427,7 +320,7 @@ async fn accept_then_close_is_retried_once_per_delay_and_never_connected() {
     const DELAY: Duration = Duration::from_millis(300);
     const ATTEMPTS: usize = 5;
     let listener = ClosingListener::start().await;
-    let (svc, mut attempts, mut events) = counting_layer(listener.addr, DELAY);
+    let (svc, mut attempts, events) = counting_layer(listener.addr, DELAY);
 
     let times = attempt_times(&mut attempts, ATTEMPTS, DELAY * 3).await;
     for pair in times.windows(2) {
@@ -437,18 +330,20 @@ async fn accept_then_close_is_retried_once_per_delay_and_never_connected() {
             "attempts {gap:?} apart, less than the retry delay"
         );
     }
-    // Over the first `span` of time, at most `span / delay + 1` attempts and dials.
-    let span = times[ATTEMPTS - 1] - times[0];
-    let bound = (span.as_millis() / DELAY.as_millis()) as usize + 1;
+    // Since the first attempt, at most one attempt and one dial per retry delay, counted
+    // together at one instant (the attempts reported by then included).
     let accepted = *listener.accepted.borrow();
+    let attempted = ATTEMPTS + std::iter::from_fn(|| attempts.try_recv().ok()).count();
+    let span = times[0].elapsed();
+    let bound = (span.as_millis() / DELAY.as_millis()) as usize + 1;
+    eprintln!("{attempted} attempts and {accepted} dials in {span:?}");
     assert!(
-        accepted <= bound && attempts.try_recv().is_err(),
-        "{accepted} dials in {span:?}"
+        attempted <= bound && accepted <= bound,
+        "{attempted} attempts and {accepted} dials in {span:?}: more than one per {DELAY:?}"
     );
     assert!(accepted >= ATTEMPTS - 1, "every attempt dials: {accepted}");
 
-    events.drain();
-    let failures = failures_only(&events.names(), listener.addr);
+    let failures = failures_only(&events.seen(), listener.addr);
     eprintln!("failures reported over {ATTEMPTS} attempts: {failures:?}");
     // Whether the client meets a clean end or a reset is a race of the TCP stack; either way
     // it is the same failure, reported once.
@@ -465,12 +360,11 @@ async fn a_server_resetting_every_connection_is_one_failure_reported_once() {
     const DELAY: Duration = Duration::from_millis(10);
     const ATTEMPTS: usize = 40;
     let listener = ClosingListener::resetting().await;
-    let (svc, mut attempts, mut events) = counting_layer(listener.addr, DELAY);
+    let (svc, mut attempts, events) = counting_layer(listener.addr, DELAY);
 
     // The first `ATTEMPTS` attempts have all failed once the next one has started.
     attempt_times(&mut attempts, ATTEMPTS + 1, SOON).await;
-    events.drain();
-    let failures = failures_only(&events.names(), listener.addr);
+    let failures = failures_only(&events.seen(), listener.addr);
     let mut texts = failures.clone();
     texts.sort();
     texts.dedup();
@@ -488,15 +382,17 @@ async fn a_server_resetting_every_connection_is_one_failure_reported_once() {
 /// to the new connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn goaway_lets_the_request_in_flight_finish_and_the_layer_reconnects_at_once() {
+    const RETRY_DELAY: Duration = Duration::from_secs(10);
+    const SLOW: Duration = Duration::from_secs(3);
     let server = H2Server::start("replica-1").await;
     let (hook, mut events) = recorder::<SocketAddr, Conn>();
     let mut svc = PersistentConnectionLayer::fixed_address(server.addr())
         .server_name("billing")
-        .retry_delay(|| Duration::from_secs(10))
+        .retry_delay(|| RETRY_DELAY)
         .jitter(0.0)
         .on_event(hook)
         .http2(Http2Connector::new());
-    let connected_at = events.wait_for(Ev::Connected, SOON).await;
+    let connected_at = events.wait_for(connected, SOON).await;
     // One answered request: the connection has served (a `GOAWAY` before any response from a
     // young connection is a failure and waits the delay; see the close-signal tests).
     assert_eq!(
@@ -504,7 +400,9 @@ async fn goaway_lets_the_request_in_flight_finish_and_the_layer_reconnects_at_on
         "replica-1 http://billing/first"
     );
 
-    server.set_delay(Duration::from_millis(300));
+    // Long enough that the new connection serves `/next` while the old one still holds this
+    // stream, even on a loaded machine.
+    server.set_delay(SLOW);
     let mut slow_svc = svc.clone();
     let slow = tokio::spawn(async move {
         let body = get(&mut slow_svc, "/slow").await;
@@ -515,11 +413,12 @@ async fn goaway_lets_the_request_in_flight_finish_and_the_layer_reconnects_at_on
 
     server.goaway();
 
-    let disconnected_at = events.wait_for(Ev::Disconnected, SOON).await;
-    let reconnected_at = events.wait_for(Ev::Connected, SOON).await;
+    let disconnected_at = events.wait_for(disconnected, SOON).await;
+    let reconnected_at = events.wait_for(connected, SOON).await;
     let gap = reconnected_at - disconnected_at;
+    eprintln!("reconnected {gap:?} after the GOAWAY's disconnect");
     assert!(
-        gap < Duration::from_secs(1),
+        gap < RETRY_DELAY / 2,
         "reconnect took {gap:?}: it waited for the retry delay"
     );
 
@@ -536,7 +435,9 @@ async fn goaway_lets_the_request_in_flight_finish_and_the_layer_reconnects_at_on
         "the old connection still serves its stream"
     );
 
-    let (slow, finished_at) = within(SOON, "the request in flight", slow).await.unwrap();
+    let (slow, finished_at) = within(SLOW + SOON, "the request in flight", slow)
+        .await
+        .unwrap();
     eprintln!(
         "GOAWAY: disconnected at {:?}, reconnected at {:?}, request in flight done at {:?}",
         disconnected_at - connected_at,
@@ -566,7 +467,7 @@ async fn dropping_every_service_clone_and_handle_closes_the_connection() {
     let clone = svc.clone();
     let handle = svc.handle();
     assert_eq!(get_ok(&mut svc, "/x").await, "replica-1 http://billing/x");
-    events.wait_for(Ev::Connected, SOON).await;
+    events.wait_for(connected, SOON).await;
 
     drop(svc);
     drop(clone);
@@ -581,6 +482,6 @@ async fn dropping_every_service_clone_and_handle_closes_the_connection() {
         "connection closed {:?} after the last drop",
         dropped_at.elapsed()
     );
-    events.wait_for(Ev::Disconnected, SOON).await;
+    events.wait_for(disconnected, SOON).await;
     assert_eq!(server.counts().accepted, 1);
 }

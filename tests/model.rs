@@ -21,7 +21,7 @@ use persistent_connection::{
     Closed, Event, PersistentConnection, PersistentConnectionLayer, State,
 };
 use proptest::{prelude::*, test_runner::TestCaseError};
-use support::{Addr, Conn, Events, Maker, Plan, ms, settle};
+use support::{Addr, Conn, Events, Maker, Plan, let_tasks_run, ms};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
@@ -493,7 +493,7 @@ async fn run_real_async(case: &Case) -> Trace {
             .push((phase, maker.in_flight.load(Ordering::SeqCst)));
     };
 
-    settle().await;
+    let_tasks_run().await;
     record_step(&mut trace);
     for (index, op) in case.ops.iter().enumerate() {
         match *op {
@@ -518,7 +518,7 @@ async fn run_real_async(case: &Case) -> Trace {
             // Closing starts at the call; the future is not needed.
             Op::Close => drop(handle.close()),
         }
-        settle().await;
+        let_tasks_run().await;
         record_step(&mut trace);
     }
 

@@ -15,9 +15,7 @@ mod support;
 use std::{
     convert::Infallible,
     error::Error,
-    fmt,
-    future::Future,
-    io,
+    fmt, io,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -26,29 +24,24 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use fault_proxy::{FaultProxy, Mode};
 use h2server::H2Server;
-use http::Request;
-use http_body_util::{BodyExt, Empty};
 use persistent_connection::{
-    BoxError, ConnectErrorKind, Event, PersistentConnection, PersistentConnectionLayer, State,
+    BoxError, ConnectErrorKind, Event, PersistentConnectionLayer, State,
     close::CloseReason,
     http::{Http2Connection, Http2Connector},
+};
+use support::{
+    Body, Ev, Events, SOON, connected, disconnected, failed, get, get_ok, spawn_get, within,
 };
 use tokio::{
     sync::{mpsc, watch},
     time::Instant,
 };
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, ServiceExt};
 use tracing_subscriber::layer::SubscriberExt as _;
 
-type Body = Empty<Bytes>;
 type Conn = Http2Connection<Body>;
-type Svc = PersistentConnection<Conn>;
-
-/// A generous bound on anything that should happen "at once" on localhost.
-const SOON: Duration = Duration::from_secs(3);
 
 /// Slack for timings measured on a loaded two-core machine: wide, so that a busy machine does
 /// not fail a test; each test prints the figure it measured.
@@ -56,97 +49,13 @@ const SLACK: Duration = Duration::from_secs(1);
 
 // === events ===
 
-/// An event, reduced to what the tests compare.
-#[derive(Clone, Debug, PartialEq)]
-enum Ev {
-    Attempting,
-    Address(SocketAddr),
-    Failed(String, ConnectErrorKind),
-    Connected,
-    Disconnected,
-    Other(&'static str),
-}
-
-/// Receives the events of one layer, with the time each was reported.
-struct Recorder {
-    events: mpsc::UnboundedReceiver<(Instant, Ev)>,
-    seen: Vec<(Instant, Ev)>,
-}
-
-/// The `on_event` hook of a [`Recorder`].
+/// The `on_event` hook of the recorder.
 type Hook = Box<dyn Fn(&Event<SocketAddr, Conn>) + Send + Sync>;
 
 /// An `on_event` hook and the recorder it feeds.
-fn recorder() -> (Hook, Recorder) {
-    let (sender, events) = mpsc::unbounded_channel();
-    let hook = move |event: &Event<SocketAddr, Conn>| {
-        let event = match event {
-            Event::AttemptingToConnect => Ev::Attempting,
-            Event::ObtainedAddress(address) => Ev::Address(*address),
-            Event::FailedToConnect(error) => Ev::Failed(error.to_string(), error.kind()),
-            Event::Connected(_) => Ev::Connected,
-            Event::Disconnected => Ev::Disconnected,
-            other => Ev::Other(other.name()),
-        };
-        let _ = sender.send((Instant::now(), event));
-    };
-    (
-        Box::new(hook),
-        Recorder {
-            events,
-            seen: Vec::new(),
-        },
-    )
-}
-
-impl Recorder {
-    /// Waits (at most `bound`, else panics) for the next event matching `wanted`; returns the
-    /// time it was reported.
-    async fn wait_for(&mut self, wanted: impl Fn(&Ev) -> bool, bound: Duration) -> Instant {
-        let deadline = Instant::now() + bound;
-        loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some((at, event))) => {
-                    self.seen.push((at, event.clone()));
-                    if wanted(&event) {
-                        return at;
-                    }
-                }
-                _ => panic!(
-                    "not the expected event within {bound:?}; events so far: {:?}",
-                    self.names()
-                ),
-            }
-        }
-    }
-
-    /// Takes every event reported so far into `seen`.
-    fn drain(&mut self) {
-        while let Ok(event) = self.events.try_recv() {
-            self.seen.push(event);
-        }
-    }
-
-    fn names(&self) -> Vec<Ev> {
-        self.seen.iter().map(|(_, event)| event.clone()).collect()
-    }
-
-    /// How many of the events seen so far match `which`.
-    fn count(&self, which: impl Fn(&Ev) -> bool) -> usize {
-        self.seen.iter().filter(|(_, event)| which(event)).count()
-    }
-}
-
-fn connected(event: &Ev) -> bool {
-    *event == Ev::Connected
-}
-
-fn disconnected(event: &Ev) -> bool {
-    *event == Ev::Disconnected
-}
-
-fn failed(event: &Ev) -> bool {
-    matches!(event, Ev::Failed(..))
+fn recorder() -> (Hook, Events) {
+    let (hook, events) = support::recorder();
+    (Box::new(hook), events)
 }
 
 // === the layer ===
@@ -162,7 +71,7 @@ fn layer(
 ) -> (
     PersistentConnectionLayer<SocketAddr, Hook>,
     Attempts,
-    Recorder,
+    Events,
 ) {
     let (attempt, attempts) = mpsc::unbounded_channel();
     let (hook, events) = recorder();
@@ -193,38 +102,7 @@ fn drain_attempts(attempts: &mut Attempts) -> Vec<Instant> {
     times
 }
 
-// === requests ===
-
-/// Runs `future`, failing the test if it takes longer than `bound`.
-async fn within<T>(bound: Duration, what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(bound, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within {bound:?}"))
-}
-
-/// Sends `GET uri` through `svc` (waiting for it to be ready) and returns the body.
-async fn get<S>(svc: &mut S, uri: &str) -> Result<String, BoxError>
-where
-    S: Service<Request<Body>, Response = http::Response<hyper::body::Incoming>, Error = BoxError>,
-{
-    let request = Request::get(uri).body(Empty::new()).unwrap();
-    let response = svc.ready().await?.call(request).await?;
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok(String::from_utf8(body.to_vec())?)
-}
-
-/// `get`, bounded by [`SOON`], expected to succeed.
-async fn get_ok(svc: &mut Svc, uri: &str) -> String {
-    within(SOON, "a request", get(svc, uri))
-        .await
-        .unwrap_or_else(|error| panic!("GET {uri} failed: {error}"))
-}
-
-/// Sends `GET uri` on a clone of `svc` in a task of its own.
-fn spawn_get(svc: &Svc, uri: &'static str) -> tokio::task::JoinHandle<Result<String, BoxError>> {
-    let mut svc = svc.clone();
-    tokio::spawn(async move { get(&mut svc, uri).await })
-}
+// === errors ===
 
 /// Whether `error` or any error in its source chain is an I/O error of `kind`.
 fn has_io_kind(error: &(dyn Error + 'static), kind: io::ErrorKind) -> bool {
@@ -281,14 +159,16 @@ async fn s01_server_down_at_start_is_pending_reports_one_failure_and_connects_wh
         handle.state(),
         State::Connecting | State::Waiting { .. }
     ));
-    events.drain();
-    let seen = events.names();
+    let seen = events.seen();
     assert_eq!(
         seen.len(),
         3,
         "one failure for {failed_attempts} attempts: {seen:?}"
     );
-    assert_eq!(seen[..2], [Ev::Attempting, Ev::Address(proxy.addr())]);
+    assert_eq!(
+        seen[..2],
+        [Ev::Attempting, Ev::Address(proxy.addr().to_string())]
+    );
     match &seen[2] {
         Ev::Failed(text, ConnectErrorKind::Connect) => {
             assert!(text.to_lowercase().contains("refused"), "{text}")
@@ -321,7 +201,7 @@ async fn s03_handshake_hangs_each_attempt_ends_at_the_connect_timeout_never_conn
     let proxy = FaultProxy::start(server.addr()).await;
     proxy.set_mode(Mode::Blackhole).await;
 
-    let (layer, mut attempts, mut events) = layer(proxy.addr(), Duration::from_millis(100));
+    let (layer, mut attempts, events) = layer(proxy.addr(), Duration::from_millis(100));
     let svc = layer.connect_timeout(TIMEOUT).http2(Http2Connector::new());
     let handle = svc.handle();
 
@@ -345,8 +225,7 @@ async fn s03_handshake_hangs_each_attempt_ends_at_the_connect_timeout_never_conn
     proxy.wait_for(SOON, |c| c.closed_by_client >= 3).await;
     assert_eq!(server.counts().requests, 0);
 
-    events.drain();
-    let seen = events.names();
+    let seen = events.seen();
     assert_eq!(events.count(connected), 0, "never Connected: {seen:?}");
     let failures: Vec<_> = seen.iter().filter(|e| failed(e)).collect();
     assert_eq!(failures.len(), 1, "one timeout, reported once: {seen:?}");
@@ -366,7 +245,7 @@ async fn s04_accept_then_close_is_never_connected_and_attempts_at_most_once_per_
     let proxy = FaultProxy::start(server.addr()).await;
     proxy.set_mode(Mode::AcceptClose).await;
 
-    let (layer, mut attempts, mut events) = layer(proxy.addr(), DELAY);
+    let (layer, mut attempts, events) = layer(proxy.addr(), DELAY);
     let svc = layer.http2(Http2Connector::new());
 
     let mut times = Vec::new();
@@ -388,15 +267,14 @@ async fn s04_accept_then_close_is_never_connected_and_attempts_at_most_once_per_
         "{accepted} connections in {span:?}"
     );
 
-    events.drain();
     assert_eq!(
         events.count(connected),
         0,
         "never Connected: {:?}",
-        events.names()
+        events.seen()
     );
     // Every attempt fails the same way within one cycle: reported once (S5).
-    assert_eq!(events.count(failed), 1, "{:?}", events.names());
+    assert_eq!(events.count(failed), 1, "{:?}", events.seen());
     assert_eq!(server.counts().accepted, 0, "nothing reached the server");
     drop(svc);
 }
@@ -644,10 +522,8 @@ async fn s07_half_open_with_keep_alive_is_noticed_without_a_request_and_fails_th
     let disconnected_at = events.wait_for(disconnected, SOON).await;
     let detection = disconnected_at - silent_at;
     eprintln!("idle half-open connection noticed after {detection:?}");
-    assert!(
-        detection < Duration::from_secs(1),
-        "noticed only after {detection:?}"
-    );
+    // Noticed at all, without a request, is the property (measured: about 300 ms).
+    assert!(detection < SOON, "noticed only after {detection:?}");
     assert_eq!(server.counts().requests, 0, "no request was needed");
 
     // A call in flight when the peer goes silent fails once the pings time out.
@@ -667,10 +543,7 @@ async fn s07_half_open_with_keep_alive_is_noticed_without_a_request_and_fails_th
         "call in flight failed after {failed_after:?}: {}",
         chain(&*error)
     );
-    assert!(
-        failed_after < Duration::from_secs(1),
-        "failed only after {failed_after:?}"
-    );
+    assert!(failed_after < SOON, "failed only after {failed_after:?}");
     events.wait_for(disconnected, SOON).await;
 }
 
@@ -684,7 +557,7 @@ async fn s07_half_open_without_keep_alive_hangs_the_call_until_the_callers_timeo
     const CALLER_TIMEOUT: Duration = Duration::from_millis(1000);
     let server = H2Server::start("replica-1").await;
     let proxy = FaultProxy::start(server.addr()).await;
-    let (hook, mut events) = recorder();
+    let (hook, events) = recorder();
     let mut svc = PersistentConnectionLayer::fixed_address(proxy.addr())
         .server_name("billing")
         .on_event(hook)
@@ -706,8 +579,7 @@ async fn s07_half_open_without_keep_alive_hangs_the_call_until_the_callers_timeo
         State::Connected,
         "nothing noticed the silent peer"
     );
-    events.drain();
-    assert_eq!(events.count(disconnected), 0, "{:?}", events.names());
+    assert_eq!(events.count(disconnected), 0, "{:?}", events.seen());
     assert_eq!(
         server.counts().requests,
         1,
@@ -724,7 +596,7 @@ async fn s08_slow_but_healthy_network_has_no_false_disconnect_and_every_request_
     let server = H2Server::start("replica-1").await;
     let proxy = FaultProxy::start(server.addr()).await;
     proxy.set_mode(Mode::Delay(LATENCY)).await;
-    let (hook, mut events) = recorder();
+    let (hook, events) = recorder();
     let mut svc = PersistentConnectionLayer::fixed_address(proxy.addr())
         .server_name("billing")
         .connect_timeout(Duration::from_secs(2))
@@ -761,11 +633,14 @@ async fn s08_slow_but_healthy_network_has_no_false_disconnect_and_every_request_
         );
     }
 
-    events.drain();
-    let seen = events.names();
+    let seen = events.seen();
     assert_eq!(
         seen,
-        [Ev::Attempting, Ev::Address(proxy.addr()), Ev::Connected],
+        [
+            Ev::Attempting,
+            Ev::Address(proxy.addr().to_string()),
+            Ev::Connected(0)
+        ],
         "no false disconnect, no failure"
     );
     assert_eq!(server.counts().accepted, 1);
@@ -829,8 +704,7 @@ async fn goaway_under_load(retry_delay: Duration, tasks: usize) -> Duration {
     let gap = reconnected_at - disconnected_at;
     eprintln!("{total} requests through the GOAWAY, none failed; reconnected after {gap:?}");
 
-    events.drain();
-    assert_eq!(events.count(failed), 0, "{:?}", events.names());
+    assert_eq!(events.count(failed), 0, "{:?}", events.seen());
     assert_eq!(server.counts().accepted, 2, "one new connection");
     gap
 }
@@ -849,10 +723,11 @@ async fn s24_graceful_shutdown_goaway_finishes_the_call_in_flight_and_fails_no_r
 /// the 10 s retry delay during which every new request waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s24_goaway_under_load_reconnects_at_once_not_after_the_retry_delay() {
-    let gap = goaway_under_load(Duration::from_secs(10), 6).await;
+    const RETRY_DELAY: Duration = Duration::from_secs(10);
+    let gap = goaway_under_load(RETRY_DELAY, 6).await;
     assert!(
-        gap < Duration::from_secs(1),
-        "reconnected only after {gap:?}"
+        gap < RETRY_DELAY / 2,
+        "reconnected only after {gap:?}: it waited for the retry delay"
     );
 }
 
@@ -876,7 +751,7 @@ async fn s24_graceful_close_seen_first_by_a_request_still_reconnects_at_once() {
     let mut ready = tokio_test::task::spawn(ServiceExt::<String>::ready(&mut svc));
     tokio_test::assert_pending!(ready.poll());
     drop(ready);
-    support::settle().await;
+    support::yield_until("a second attempt", || maker.attempts() == 2).await;
     assert_eq!(
         maker.attempt_times(),
         [support::secs(0), support::secs(5)],
@@ -907,15 +782,23 @@ async fn s11_a_dead_address_from_discovery_fails_and_the_next_lookup_finds_the_l
 
     events.wait_for(connected, SOON).await;
     assert_eq!(lookups.load(Ordering::SeqCst), 3, "one lookup per attempt");
-    let seen = events.names();
+    let seen = events.seen();
     let [a, b, c, d, e] = seen.as_slice() else {
         panic!("{seen:?}");
     };
-    assert_eq!((a, b), (&Ev::Attempting, &Ev::Address(dead)), "{seen:?}");
+    assert_eq!(
+        (a, b),
+        (&Ev::Attempting, &Ev::Address(dead.to_string())),
+        "{seen:?}"
+    );
     assert!(
         matches!(c, Ev::Failed(text, ConnectErrorKind::Connect) if text.to_lowercase().contains("refused")),
         "{seen:?}"
     );
-    assert_eq!((d, e), (&Ev::Address(live), &Ev::Connected), "{seen:?}");
+    assert_eq!(
+        (d, e),
+        (&Ev::Address(live.to_string()), &Ev::Connected(0)),
+        "{seen:?}"
+    );
     assert_eq!(get_ok(&mut svc, "/x").await, "replica-1 http://billing/x");
 }

@@ -14,7 +14,7 @@ use persistent_connection::{
     close::CloseSignal,
     observe::{EventBus, OnEvent, Subscription, Update},
 };
-use support::{Addr, Conn, Events, Maker, Plan, secs, settle};
+use support::{Addr, Conn, Events, Maker, Plan, let_tasks_run, secs};
 use tokio::time::{Instant, sleep_until, timeout};
 use tower::Layer;
 
@@ -273,7 +273,7 @@ async fn state_changes_end_when_every_service_clone_and_handle_is_dropped() {
         Some((0, "Closed".to_owned()))
     );
     assert_eq!(next_state(&mut states, t0).await, None);
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(
         maker.live.load(std::sync::atomic::Ordering::SeqCst),
         0,
@@ -315,7 +315,7 @@ async fn early_and_late_subscribers_see_the_state_then_the_same_updates() {
     sleep_until(t0 + secs(5)).await;
     maker.conn(0).kill();
     sleep_until(t0 + secs(10)).await;
-    settle().await;
+    let_tasks_run().await;
     let after = strings(&[
         "Event(Disconnected)",
         "State(Waiting(+10s))",
@@ -355,7 +355,7 @@ async fn a_late_subscriber_does_not_keep_a_dead_connection_alive() {
     conn.kill();
     drop(conn);
     tokio::time::sleep(secs(10)).await;
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(handle.current_connection().map(|c| c.id()), Some(1));
     assert_eq!(
         maker.live.load(std::sync::atomic::Ordering::SeqCst),
@@ -382,7 +382,7 @@ async fn a_subscriber_that_reads_its_backlog_releases_the_connections_in_it() {
     let handle = svc.handle();
     handle.connected().await.unwrap().kill();
     tokio::time::sleep(secs(10)).await;
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(handle.current_connection().map(|c| c.id()), Some(1));
     assert_eq!(
         maker.live.load(std::sync::atomic::Ordering::SeqCst),
@@ -422,7 +422,7 @@ async fn a_lagging_subscriber_is_told_then_resumes_from_the_current_state() {
     // Attempts at 0..=9 s: 4 updates for the first (Attempting, Address, Failed, Waiting),
     // 2 for each later one (Connecting, Waiting; the same failure is not reported again).
     sleep_until(t0 + secs(9)).await;
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(maker.attempts(), 10);
 
     let lagged = next_update(&mut subscription).await;
@@ -448,7 +448,7 @@ async fn a_lagging_subscriber_is_told_then_resumes_from_the_current_state() {
     );
 
     sleep_until(t0 + secs(10)).await;
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(
         drain(&mut subscription, t0),
         strings(&["State(Connecting)", "State(Waiting(+11s))"])
@@ -468,7 +468,7 @@ async fn recv_returns_none_once_every_clone_of_the_bus_is_gone() {
     drop(handle.connected().await.unwrap());
     drop(svc);
     drop(handle);
-    settle().await;
+    let_tasks_run().await;
 
     let t0 = Instant::now();
     let updates = drain(&mut subscription, t0);
@@ -534,7 +534,7 @@ async fn a_panicking_on_state_does_not_stop_the_driver() {
     let handle = svc.handle();
     sleep_until(log.t0 + secs(15)).await;
     maker.conn(0).kill();
-    settle().await;
+    let_tasks_run().await;
     let conn = timeout(GUARD, handle.connected())
         .await
         .expect("no reconnect")
@@ -590,7 +590,7 @@ async fn a_pair_of_hooks_delivers_to_both() {
         .layer(maker.clone());
     let handle = svc.handle();
     handle.connected().await.unwrap().kill();
-    settle().await;
+    let_tasks_run().await;
     assert!(handle.current_connection().is_none());
     let conn = timeout(GUARD, handle.connected())
         .await
@@ -684,10 +684,10 @@ async fn an_immediate_reconnect_never_reports_a_wait() {
     let handle = svc.handle();
     sleep_until(log.t0 + secs(30)).await;
     maker.conn(0).kill();
-    settle().await;
+    let_tasks_run().await;
     sleep_until(log.t0 + secs(60)).await;
     maker.conn(1).close_gracefully();
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(maker.connections(), 3);
     timeout(GUARD, handle.close())
         .await

@@ -70,7 +70,7 @@ async fn poll_ready_is_pending_while_down_and_ready_when_the_connection_arrives(
     let maker = Maker::new([Plan::Fail("refused")], Plan::Connect);
     let events = Events::new();
     let mut svc = service(&maker, &events);
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(maker.attempts(), 1, "the first attempt has failed");
 
     let mut ready = poll_ready_of(&mut svc);
@@ -83,7 +83,7 @@ async fn poll_ready_is_pending_while_down_and_ready_when_the_connection_arrives(
     assert_pending!(ready.poll());
 
     tokio::time::sleep(secs(1)).await;
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(maker.connections(), 1, "the attempt at 10 s connected");
     assert!(ready.is_woken(), "the connection wakes the waiting task");
     assert_ready_ok!(ready.poll());
@@ -96,7 +96,7 @@ async fn every_waiting_clone_is_woken_when_a_connection_arrives() {
     let maker = Maker::new([Plan::Fail("refused")], Plan::Connect);
     let events = Events::new();
     let svc = service(&maker, &events);
-    settle().await;
+    let_tasks_run().await;
 
     let mut tasks: Vec<_> = (0..10)
         .map(|_| {
@@ -111,7 +111,7 @@ async fn every_waiting_clone_is_woken_when_a_connection_arrives() {
     }
 
     tokio::time::sleep(secs(10)).await;
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(maker.connections(), 1);
     for (i, task) in tasks.iter_mut().enumerate() {
         assert!(task.is_woken(), "clone {i} was not woken");
@@ -155,7 +155,7 @@ async fn poll_ready_follows_the_connections_own_readiness_while_connected() {
     let maker = Maker::always_connect();
     let events = Events::new();
     let mut svc = service(&maker, &events);
-    settle().await;
+    let_tasks_run().await;
     let conn = maker.conn(0);
 
     let mut ready = poll_ready_of(&mut svc);
@@ -163,7 +163,7 @@ async fn poll_ready_follows_the_connections_own_readiness_while_connected() {
 
     conn.set_busy(true);
     assert_pending!(ready.poll());
-    settle().await;
+    let_tasks_run().await;
     assert!(!ready.is_woken());
 
     conn.set_busy(false);
@@ -192,20 +192,20 @@ async fn a_connect_failure_never_reaches_poll_ready() {
     );
     let events = Events::new();
     let mut svc = service(&maker, &events);
-    settle().await;
+    let_tasks_run().await;
 
     let mut ready = poll_ready_of(&mut svc);
     // Poll every half second through the three failures at 0 s, 10 s and 20 s.
     for _ in 0..59 {
         assert_pending!(ready.poll());
         tokio::time::sleep(ms(500)).await;
-        settle().await;
+        let_tasks_run().await;
     }
     assert_eq!(maker.attempts(), 3);
     assert_eq!(maker.connections(), 0);
 
     tokio::time::sleep(ms(500)).await;
-    settle().await;
+    let_tasks_run().await;
     assert_ready_ok!(ready.poll());
     drop(ready);
     assert_eq!(
@@ -233,7 +233,7 @@ async fn a_failing_connection_poll_ready_ends_that_connection_and_the_next_becom
     maker.conn(0).fail();
     let mut ready = poll_ready_of(&mut svc);
     assert_pending!(ready.poll());
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(
         events.names(),
         [
@@ -268,7 +268,7 @@ async fn call_goes_to_the_connection_polled_ready_even_after_a_reconnect() {
 
     assert_ready_ok!(poll_ready_of(&mut svc).poll());
     conn0.kill();
-    settle().await;
+    let_tasks_run().await;
     let conn1 = maker.conn(1);
     assert_eq!(svc.handle().current_connection().map(|c| c.id()), Some(1));
 
@@ -471,7 +471,7 @@ async fn a_stale_failure_report_does_not_tear_down_the_newer_connection() {
         !matches!(poll, Poll::Ready(Err(_))),
         "poll_ready returned an error: {poll:?}"
     );
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(
         *error_dropped_on.lock().unwrap(),
         Some(std::thread::current().id()),
@@ -497,25 +497,25 @@ async fn a_clone_waiting_on_a_silent_busy_connection_is_woken_on_disconnect_and_
     let maker = Maker::always_connect();
     let events = Events::new();
     let mut svc = service(&maker, &events);
-    settle().await;
+    let_tasks_run().await;
     let conn0 = maker.conn(0);
     conn0.set_silent(true);
     conn0.set_busy(true);
 
     let mut ready = poll_ready_of(&mut svc);
     assert_pending!(ready.poll());
-    settle().await;
+    let_tasks_run().await;
     assert!(!ready.is_woken());
 
     conn0.kill();
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(events.names().last().unwrap(), "Disconnected");
     assert!(ready.is_woken(), "the disconnect wakes the task");
     assert_pending!(ready.poll());
 
     // The connection lived less than the retry delay: the next attempt is at 10 s.
     tokio::time::sleep(secs(10)).await;
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(maker.connections(), 2);
     assert!(ready.is_woken(), "the new connection wakes the task");
     assert_ready_ok!(ready.poll());
@@ -547,11 +547,11 @@ async fn poll_ready_returns_closed_only_after_close() {
     let events = Events::new();
     let mut svc = service(&maker, &events);
     let handle = svc.handle();
-    settle().await;
+    let_tasks_run().await;
 
     assert_pending!(poll_ready_of(&mut svc).poll());
     tokio::time::sleep(secs(10)).await;
-    settle().await;
+    let_tasks_run().await;
     assert_ready_ok!(poll_ready_of(&mut svc).poll());
 
     let close = handle.close();
@@ -569,7 +569,7 @@ async fn call_without_a_ready_poll_ready_returns_an_error() {
     let maker = Maker::always_connect();
     let events = Events::new();
     let svc = service(&maker, &events);
-    settle().await;
+    let_tasks_run().await;
     assert!(svc.handle().current_connection().is_some());
 
     let mut fresh = svc.clone();
@@ -605,7 +605,7 @@ async fn a_clone_of_a_connected_clone_carries_the_connection() {
 
     drop(svc);
     drop(clone);
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(send(&mut other, "z").await.unwrap(), "0:z");
     assert_eq!(maker.attempts(), 1);
     assert_eq!(maker.live.load(Ordering::SeqCst), 1);
@@ -691,7 +691,7 @@ async fn a_connection_whose_poll_ready_failed_once_is_finished() {
         "Ready on the connection whose poll_ready failed"
     );
     drop(ready);
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(
         *log.lock().unwrap(),
         ["Connected(0)", "Disconnected", "Connected(1)"]

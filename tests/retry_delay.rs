@@ -11,7 +11,7 @@ use std::{
 };
 
 use persistent_connection::{PersistentConnectionLayer, State, retry::MAX_RETRY_DELAY};
-use support::{Conn, Maker, Plan, ms, secs, settle};
+use support::{Conn, Maker, Plan, let_tasks_run, ms, secs};
 use tokio::time::advance;
 use tower::Layer;
 
@@ -39,7 +39,7 @@ async fn the_first_attempt_is_immediate() {
         .retry_delay(|| secs(10))
         .jitter(0.0)
         .layer(maker.clone());
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(maker.attempt_times(), vec![secs(0)]);
 }
 
@@ -52,16 +52,16 @@ async fn failed_attempts_wait_the_retry_delay() {
         .retry_delay(|| secs(10))
         .jitter(0.0)
         .layer(maker.clone());
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(maker.attempts(), 1);
     advance(secs(5)).await;
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(maker.attempts(), 1);
     advance(ms(4999)).await;
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(maker.attempts(), 1);
     advance(ms(1)).await;
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(maker.attempts(), 2);
     assert_eq!(maker.attempt_times(), vec![secs(0), secs(10)]);
 }
@@ -103,7 +103,7 @@ async fn a_long_lived_connection_is_replaced_at_once_when_it_dies() {
     svc.handle().connected().await.unwrap();
     tokio::time::sleep(secs(37)).await;
     maker.conn(0).kill();
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(maker.attempt_times(), vec![secs(0), secs(37)]);
     assert_eq!(svc.handle().current_connection().unwrap().id(), 1);
 }
@@ -124,7 +124,7 @@ async fn a_short_lived_connection_waits_the_rest_of_the_delay_from_its_attempt()
     tokio::time::sleep(ms(6999)).await;
     assert_eq!(maker.attempts(), 2);
     tokio::time::sleep(ms(1)).await;
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(maker.attempt_times(), vec![secs(0), secs(10), secs(20)]);
 }
 
@@ -250,10 +250,11 @@ async fn a_zero_delay_never_starves_other_tasks() {
     let observed = maker.clone();
     let observer = tokio::spawn(async move {
         let mut seen = vec![observed.attempts()];
-        while observed.connections() == 0 {
-            tokio::task::yield_now().await;
+        support::yield_until("a connection", || {
             seen.push(observed.attempts());
-        }
+            observed.connections() > 0
+        })
+        .await;
         seen
     });
     let seen = observer.await.unwrap();
@@ -319,7 +320,7 @@ async fn reconnect_now_skips_the_remaining_delay() {
     tokio::time::sleep(secs(2)).await;
     assert_eq!(maker.attempts(), 1);
     handle.reconnect_now();
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(maker.attempt_times(), vec![secs(0), secs(2)]);
     assert_eq!(handle.state(), State::Connected);
 }
@@ -361,7 +362,7 @@ async fn reconnect_now_while_connected_does_nothing() {
     handle.connected().await.unwrap();
     tokio::time::sleep(secs(1)).await;
     handle.reconnect_now();
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(maker.attempts(), 1);
     assert_eq!(handle.state(), State::Connected);
     assert_eq!(handle.current_connection().unwrap().id(), 0);

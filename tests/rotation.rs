@@ -13,7 +13,7 @@ use std::{
 
 use futures_util::FutureExt as _;
 use persistent_connection::{PersistentConnectionLayer, State};
-use support::{Conn, Events, Maker, Plan, addresses, secs, settle};
+use support::{Conn, Events, Maker, Plan, addresses, let_tasks_run, secs};
 use tokio::time::{Instant, sleep_until};
 use tower::{Layer, Service, ServiceExt as _};
 
@@ -55,7 +55,7 @@ async fn an_aged_connection_is_replaced_make_before_break() {
     );
 
     sleep_until(t0 + secs(62)).await;
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(handle.current_connection().unwrap().id(), 1);
     let reply = svc.ready().await.unwrap().call("after".into()).await;
     assert_eq!(reply.unwrap(), "1:after");
@@ -138,12 +138,12 @@ async fn the_old_connection_dying_during_a_rotation_keeps_the_attempt() {
 
     sleep_until(t0 + secs(61)).await;
     maker.conn(0).kill();
-    settle().await;
+    let_tasks_run().await;
     assert!(handle.current_connection().is_none());
     assert!(svc.ready().now_or_never().is_none(), "Pending meanwhile");
 
     sleep_until(t0 + secs(63)).await;
-    settle().await;
+    let_tasks_run().await;
     assert_eq!(handle.current_connection().unwrap().id(), 1);
     assert_eq!(maker.attempt_times(), [secs(0), secs(60)]);
     assert_eq!(
