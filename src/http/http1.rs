@@ -23,7 +23,7 @@ use tower_service::Service;
 
 use super::{
     ArcError, ConnectionUnavailable, Dial,
-    core::Core,
+    base::Core,
     observe::{Observed, ReadObserver},
     replay::ReplayBody,
     resend::{
@@ -68,49 +68,12 @@ impl<B> Http1Connector<B> {
         }
     }
 
-    /// The `Host` given to requests that have none: `"billing"` or `"http://billing:8080"`.
-    /// Use a logical name: it stays the same when the client moves to another replica.
-    ///
-    /// Default is the layer's server name, if one was set, when applied with
-    /// [`PersistentConnectionLayer::http1`], else the dialed address.
-    ///
-    /// # Panics
-    ///
-    /// If `origin` is not `[scheme://]host[:port]`; see [`try_origin`](Self::try_origin).
-    pub fn origin(self, origin: &str) -> Self {
-        match self.try_origin(origin) {
-            Ok(connector) => connector,
-            Err(error) => panic!("Http1Connector::origin: {error}"),
-        }
-    }
-
-    /// Like [`origin`](Self::origin), but returns an error for an invalid origin.
-    ///
-    /// # Errors
-    ///
-    /// [`InvalidSetting`](crate::InvalidSetting) if `origin` is not `[scheme://]host[:port]`.
-    pub fn try_origin(mut self, origin: &str) -> Result<Self, crate::InvalidSetting> {
-        self.core.set_origin(origin)?;
-        Ok(self)
-    }
-
-    /// How many times a request the server provably never processed is sent again, each time
-    /// on this connector's next connection, before it fails with
-    /// [`NotProcessed`](super::NotProcessed). `0` turns resends off. Default is 3.
-    ///
-    /// A request the server may have processed is never sent again.
-    pub fn max_replays(mut self, max: usize) -> Self {
-        self.core.replay.max_replays = max;
-        self
-    }
-
-    /// The most bytes of an idempotent request's body kept for a resend. A request whose
-    /// body was larger fails with [`NotProcessed`](super::NotProcessed) when its connection
-    /// closes before the response. Empty bodies cost nothing. Default is 64 KiB.
-    pub fn max_replay_body(mut self, bytes: usize) -> Self {
-        self.core.replay.max_body = bytes;
-        self
-    }
+    super::base::core_settings!(
+        "Http1Connector",
+        "http1",
+        origin: "The `Host` given to requests that have none: `\"billing\"` or `\"http://billing:8080\"`.",
+        body: "an idempotent request's body",
+    );
 
     /// The underlying hyper builder, for its settings.
     pub fn builder_mut(&mut self) -> &mut http1::Builder {

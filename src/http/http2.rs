@@ -25,7 +25,7 @@ use tower_service::Service;
 use super::{
     ArcError, ConnectionUnavailable, Dial, Origin,
     ahead::Ahead,
-    core::Core,
+    base::Core,
     keep_alive::KeepAliveInterval,
     origin_for,
     replay::ReplayBody,
@@ -145,33 +145,6 @@ impl<B> Http2Connector<B> {
         }
     }
 
-    /// The scheme and authority given to requests whose URI has none (tonic sends path-only
-    /// URIs): `"http://billing"` or `"billing:8080"` (scheme `http` by default). Use a
-    /// logical name: it stays the same when the client moves to another replica.
-    ///
-    /// Default is the layer's server name, if one was set, when applied with
-    /// [`PersistentConnectionLayer::http2`], else the dialed address.
-    ///
-    /// # Panics
-    ///
-    /// If `origin` is not `[scheme://]host[:port]`; see [`try_origin`](Self::try_origin).
-    pub fn origin(self, origin: &str) -> Self {
-        match self.try_origin(origin) {
-            Ok(connector) => connector,
-            Err(error) => panic!("Http2Connector::origin: {error}"),
-        }
-    }
-
-    /// Like [`origin`](Self::origin), but returns an error for an invalid origin.
-    ///
-    /// # Errors
-    ///
-    /// [`InvalidSetting`](crate::InvalidSetting) if `origin` is not `[scheme://]host[:port]`.
-    pub fn try_origin(mut self, origin: &str) -> Result<Self, crate::InvalidSetting> {
-        self.core.set_origin(origin)?;
-        Ok(self)
-    }
-
     /// The interval of keep-alive pings (a ping is sent when nothing has been received for
     /// this long); `None` (or zero) turns keep-alive off (then a silently dead peer is only
     /// noticed by TCP, after minutes). Default is 5 minutes, the shortest a gRPC server
@@ -245,24 +218,6 @@ impl<B> Http2Connector<B> {
         self
     }
 
-    /// How many times a request the server provably never processed is sent again, each time
-    /// on this connector's next connection, before it fails with
-    /// [`NotProcessed`](super::NotProcessed). `0` turns resends off. Default is 3.
-    ///
-    /// A request the server may have processed is never sent again.
-    pub fn max_replays(mut self, max: usize) -> Self {
-        self.core.replay.max_replays = max;
-        self
-    }
-
-    /// The most bytes of a request body kept for a resend. A refused request whose body was
-    /// larger fails with [`NotProcessed`](super::NotProcessed). Empty bodies cost nothing.
-    /// Default is 64 KiB.
-    pub fn max_replay_body(mut self, bytes: usize) -> Self {
-        self.core.replay.max_body = bytes;
-        self
-    }
-
     /// Whether to dial the next connection ahead of the server's request limit. Default is
     /// `true`.
     ///
@@ -278,6 +233,13 @@ impl<B> Http2Connector<B> {
         self.ahead = enabled.then(|| Arc::new(Ahead::new()));
         self
     }
+
+    super::base::core_settings!(
+        "Http2Connector",
+        "http2",
+        origin: "The scheme and authority given to requests whose URI has none (tonic sends path-only URIs): `\"http://billing\"` or `\"billing:8080\"` (scheme `http` by default).",
+        body: "a request body",
+    );
 
     /// The underlying hyper builder, for the settings not exposed here. Its keep-alive
     /// interval is overwritten on each connect by the connector's

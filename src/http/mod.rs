@@ -103,7 +103,7 @@
 //! [`PersistentConnectionLayer::http2`]: crate::PersistentConnectionLayer::http2
 
 mod ahead;
-mod core;
+mod base;
 mod dial;
 mod http1;
 mod http2;

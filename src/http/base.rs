@@ -1,0 +1,118 @@
+//! [`Core`]: what the HTTP/1 and HTTP/2 connectors share: the origin given to requests that
+//! have none, the connector's newest connection (where a refused request is sent again), and
+//! the resend settings with their counters.
+
+use std::sync::Arc;
+
+use super::{
+    Dial, Origin, name_origin, origin_for,
+    resend::{self, Newest, ReplayConfig},
+};
+use crate::stats::RequestCounters;
+
+/// The part of a connector that is the same for HTTP/1 and HTTP/2; `C` is what the
+/// connector's connections share.
+pub(super) struct Core<C> {
+    /// The origin set on the connector (or taken from the layer's server name), if any.
+    pub(super) origin: Option<Arc<Origin>>,
+    /// This connector's newest connection, where refused requests are sent again.
+    pub(super) latest: Newest<C>,
+    pub(super) replay: ReplayConfig,
+}
+
+impl<C> Core<C> {
+    pub(super) fn new() -> Self {
+        Self {
+            origin: None,
+            latest: resend::newest(),
+            replay: ReplayConfig::new(),
+        }
+    }
+
+    /// The same settings and request counters, with connections of its own: a request refused
+    /// on one of them is sent again on this core's next connection, never on another's (which
+    /// may serve another server).
+    pub(super) fn fork(&self) -> Self {
+        Self {
+            origin: self.origin.clone(),
+            latest: resend::newest(),
+            replay: self.replay.clone(),
+        }
+    }
+
+    pub(super) fn set_origin(&mut self, origin: &str) -> Result<(), crate::InvalidSetting> {
+        self.origin = Some(Arc::new(Origin::parse(origin)?));
+        Ok(())
+    }
+
+    /// The origin of a connection to `address`: the configured one, or the address's own.
+    pub(super) fn origin_for<A: Dial>(&self, address: &A) -> Arc<Origin> {
+        origin_for(&self.origin, address)
+    }
+
+    /// Takes the layer's server name (if one was set) as the origin, unless one is set; hands
+    /// out the request counters for the layer's `Stats`. For `.http1()` / `.http2()`.
+    pub(super) fn wire(&mut self, server_name: Option<&str>) -> Arc<RequestCounters> {
+        name_origin(&mut self.origin, server_name);
+        self.replay.counters.clone()
+    }
+}
+
+/// The settings a connector keeps in its [`Core`], as public builder methods of `$connector`:
+/// `origin`, `try_origin`, `max_replays`, `max_replay_body`. `$origin` is the first paragraph
+/// of `origin`'s documentation (what the origin is for, in the protocol's words), `$body`
+/// says which bodies are kept, `$wire` names the layer method that applies the connector.
+macro_rules! core_settings {
+    ($connector:literal, $wire:literal, origin: $origin:literal, body: $body:literal $(,)?) => {
+        #[doc = $origin]
+        /// Use a logical name: it stays the same when the client moves to another replica.
+        ///
+        #[doc = concat!(
+            "Default is the layer's server name, if one was set, when applied with ",
+            "[`PersistentConnectionLayer::", $wire, "`](crate::PersistentConnectionLayer::",
+            $wire, "), else the dialed address."
+        )]
+        ///
+        /// # Panics
+        ///
+        /// If `origin` is not `[scheme://]host[:port]`; see [`try_origin`](Self::try_origin).
+        pub fn origin(self, origin: &str) -> Self {
+            match self.try_origin(origin) {
+                Ok(connector) => connector,
+                Err(error) => panic!(concat!($connector, "::origin: {}"), error),
+            }
+        }
+
+        /// Like [`origin`](Self::origin), but returns an error for an invalid origin.
+        ///
+        /// # Errors
+        ///
+        /// [`InvalidSetting`](crate::InvalidSetting) if `origin` is not
+        /// `[scheme://]host[:port]`.
+        pub fn try_origin(mut self, origin: &str) -> Result<Self, crate::InvalidSetting> {
+            self.core.set_origin(origin)?;
+            Ok(self)
+        }
+
+        /// How many times a request the server provably never processed is sent again, each
+        /// time on this connector's next connection, before it fails with
+        /// [`NotProcessed`](crate::http::NotProcessed). `0` turns resends off. Default is 3.
+        ///
+        /// A request the server may have processed is never sent again.
+        pub fn max_replays(mut self, max: usize) -> Self {
+            self.core.replay.max_replays = max;
+            self
+        }
+
+        #[doc = concat!("The most bytes of ", $body, " kept for a resend. A request whose body was ")]
+        /// larger fails with [`NotProcessed`](crate::http::NotProcessed) when the server
+        /// refuses it or its connection closes before it is written. Empty bodies cost nothing.
+        /// Default is 64 KiB.
+        pub fn max_replay_body(mut self, bytes: usize) -> Self {
+            self.core.replay.max_body = bytes;
+            self
+        }
+    };
+}
+
+pub(super) use core_settings;
