@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::{error::ConnectError, shared::Ending};
+use crate::{error::ConnectError, stats::Ending};
 
 #[cfg(feature = "metrics")]
 pub(crate) fn attempt_started(server: &Arc<str>, delay: Duration) {

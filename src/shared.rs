@@ -24,7 +24,7 @@ use slab::Slab;
 use crate::{
     error::ConnectError,
     state::State,
-    stats::{RequestCounters, Stats},
+    stats::{Ending, RequestCounters, Stats},
     sync::{AtomicBool, AtomicU64, Mutex, Ordering, lock},
 };
 
@@ -75,17 +75,6 @@ impl fmt::Debug for Word {
 }
 
 // === Shared ===
-
-/// How a connection ended, for the counters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Ending {
-    /// The server said goodbye; replaced at once, no failure.
-    Goodbye,
-    /// Replaced make-before-break at its maximum age.
-    Rotation,
-    /// Anything else.
-    Failure,
-}
 
 /// The counters behind [`Stats`], and the outcome of the latest finished attempt.
 #[derive(Default)]

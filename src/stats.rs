@@ -100,3 +100,14 @@ impl RequestCounters {
         )
     }
 }
+
+/// How a connection ended, for the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// The server said goodbye; replaced at once, no failure.
+    Goodbye,
+    /// Replaced make-before-break at its maximum age.
+    Rotation,
+    /// Anything else.
+    Failure,
+}

@@ -46,8 +46,9 @@ use crate::{
     event::Event,
     panic,
     retry::Backoff,
-    shared::{Ending, Shared, Word},
+    shared::{Shared, Word},
     state::State,
+    stats::Ending,
     sync::Arc,
 };
 
