@@ -4,6 +4,9 @@
 //! accepts TCP connections and closes them at once.
 #![allow(dead_code, unreachable_pub)]
 
+#[path = "h2serve.rs"]
+mod h2serve;
+
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -13,8 +16,7 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{Request, Response, body::Incoming, server::conn::http2, service::service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::{Request, Response, body::Incoming};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -182,24 +184,14 @@ impl Drop for InFlight {
 
 async fn serve_connection(inner: Arc<Inner>, stream: TcpStream) {
     let _ended = Ended(inner.clone());
-    let mut goaway = inner.goaway.subscribe();
+    let goaway = inner.goaway.subscribe();
     let handler = inner.clone();
-    let service = service_fn(move |request| answer(handler.clone(), request));
-    let connection =
-        http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(connection);
-    let mut shutting_down = false;
-    loop {
-        tokio::select! {
-            _ = connection.as_mut() => return,
-            changed = goaway.changed(), if !shutting_down => {
-                shutting_down = true;
-                if changed.is_ok() {
-                    connection.as_mut().graceful_shutdown();
-                }
-            }
-        }
-    }
+    h2serve::until_goaway(
+        stream,
+        move |request| answer(handler.clone(), request),
+        goaway,
+    )
+    .await;
 }
 
 async fn answer(

@@ -9,6 +9,9 @@
 //! counting the server's connections from 1.
 #![allow(dead_code, unreachable_pub)]
 
+#[path = "h2serve.rs"]
+mod h2serve;
+
 use std::{
     convert::Infallible,
     io,
@@ -23,8 +26,7 @@ use bytes::{Bytes, BytesMut};
 use h2::Reason;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use hyper::{body::Incoming, server::conn::http2, service::service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::body::Incoming;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -536,9 +538,9 @@ impl Streaming {
                 };
                 let number = seen.accept();
                 let (seen, feed_tx) = (seen.clone(), feed_tx.clone());
-                let mut goaway = shutdown.subscribe();
+                let goaway = shutdown.subscribe();
                 tokio::spawn(async move {
-                    let service = service_fn(move |request: Request<Incoming>| {
+                    let answer = move |request: Request<Incoming>| {
                         let (seen, feed_tx) = (seen.clone(), feed_tx.clone());
                         async move {
                             let id = request_id(&request);
@@ -553,22 +555,8 @@ impl Streaming {
                             };
                             Ok::<_, Infallible>(Response::new(body))
                         }
-                    });
-                    let connection = http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service);
-                    tokio::pin!(connection);
-                    let mut shutting_down = false;
-                    loop {
-                        tokio::select! {
-                            _ = connection.as_mut() => return,
-                            changed = goaway.changed(), if !shutting_down => {
-                                shutting_down = true;
-                                if changed.is_ok() {
-                                    connection.as_mut().graceful_shutdown();
-                                }
-                            }
-                        }
-                    }
+                    };
+                    h2serve::until_goaway(stream, answer, goaway).await;
                 });
             }
         });
