@@ -2,11 +2,14 @@
 //! have none, the connector's newest connection (where a refused request is sent again), and
 //! the resend settings with their counters.
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
+
+use tokio::sync::watch;
 
 use super::{
     Dial, Origin, name_origin, origin_for,
     resend::{self, Newest, ReplayConfig},
+    sniff::Status,
 };
 use crate::stats::RequestCounters;
 
@@ -56,6 +59,28 @@ impl<C> Core<C> {
         name_origin(&mut self.origin, server_name);
         self.replay.counters.clone()
     }
+}
+
+/// Spawns a connection's task (hyper's `connection` future) and publishes its end in
+/// `status`: `finish` sees hyper's result and the status, and returns the result to publish
+/// (a connector may take an error for a goodbye, or record what the end says). The last step
+/// of both connectors' pipeline: dial, observe the bytes read, handshake, spawn and watch.
+pub(super) fn spawn_watched<F>(
+    connection: F,
+    status: Arc<watch::Sender<Status>>,
+    finish: impl FnOnce(Result<(), hyper::Error>, &mut Status) -> Result<(), hyper::Error>
+    + Send
+    + 'static,
+) where
+    F: Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let result = connection.await;
+        status.send_modify(|status| {
+            let result = finish(result, status);
+            status.ended = Some(result.map_err(Arc::new));
+        });
+    });
 }
 
 /// The settings a connector keeps in its [`Core`], as public builder methods of `$connector`:

@@ -23,7 +23,7 @@ use tower_service::Service;
 
 use super::{
     ArcError, ConnectionUnavailable, Dial,
-    base::Core,
+    base::{Core, spawn_watched},
     observe::{Observed, ReadObserver},
     replay::ReplayBody,
     resend::{
@@ -134,12 +134,13 @@ where
             let io = TokioIo::new(Observed::new(stream, ReadCount(read.clone())));
             let (send, connection) = builder.handshake::<_, ReplayBody<B>>(io).await?;
             let status = Arc::new(watch::Sender::new(Status::default()));
-            let ended = status.clone();
             let answered = read.clone();
             let permits = Arc::new(Semaphore::new(1));
             let idle = permits.clone();
-            tokio::spawn(async move {
-                let result = match connection.await {
+            spawn_watched(connection, status.clone(), move |result, status| {
+                // Whatever the server sent was an answer: a response (head) arrived.
+                status.served |= answered.load(Ordering::Acquire) > 0;
+                match result {
                     // hyper reports a server's close of an idle keep-alive connection as an
                     // incomplete message; with no request holding the connection, it is the
                     // server's goodbye.
@@ -149,12 +150,7 @@ where
                         Ok(())
                     }
                     result => result,
-                };
-                ended.send_modify(|status| {
-                    // Whatever the server sent was an answer: a response (head) arrived.
-                    status.served |= answered.load(Ordering::Acquire) > 0;
-                    status.ended = Some(result.map_err(Arc::new));
-                });
+                }
             });
             let host = HeaderValue::from_str(origin.authority.as_str())?;
             let newest = latest.subscribe();

@@ -25,7 +25,7 @@ use tower_service::Service;
 use super::{
     ArcError, ConnectionUnavailable, Dial, Origin,
     ahead::Ahead,
-    base::Core,
+    base::{Core, spawn_watched},
     keep_alive::KeepAliveInterval,
     origin_for,
     replay::ReplayBody,
@@ -411,18 +411,15 @@ where
                 .handshake::<_, ReplayBody<B>>(io)
                 .await
                 .map_err(|error| NoPreface::because(error.into()))?;
-            let ended = status.clone();
             let forget = ahead.clone();
-            tokio::spawn(async move {
-                let result = connection.await;
-                ended.send_modify(|status| status.ended = Some(result.map_err(Arc::new)));
-                let status = ended.borrow();
+            spawn_watched(connection, status.clone(), move |result, status| {
                 if status.retired && !status.goaway {
                     // Retired at the limit, and the server never said goodbye: no limit.
                     if let Some(ahead) = forget.as_ref().and_then(Weak::upgrade) {
                         ahead.forget();
                     }
                 }
+                result
             });
 
             // hyper's handshake returns before the server has said anything: wait for its
