@@ -256,9 +256,10 @@ impl<B> Default for Http2Connector<B> {
 }
 
 impl<B> Clone for Http2Connector<B> {
-    /// A connector with the same settings and request counters. Its connections are its own:
-    /// a request refused on one of them is sent again on the clone's next connection, never
-    /// on another clone's (which may serve another server).
+    /// A connector with the same settings, request counters and keep-alive interval (shared,
+    /// so a server's complaint of too many pings slows every clone). What is learned of a
+    /// server's request limit, and the connections, are the clone's own: a request refused
+    /// on one of them goes to the clone's next connection, never to another clone's.
     fn clone(&self) -> Self {
         Self {
             builder: self.builder.clone(),
