@@ -8,7 +8,7 @@ use persistent_connection::{
     BoxError, Closed, ConnectError, ConnectErrorKind, Event, Handle, PersistentConnection,
     PersistentConnectionLayer, State, close::CloseReason,
 };
-use support::{Conn, Maker};
+use support::{Conn, Maker, within_an_hour};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 
 fn clone_debug<T: Clone + Debug>() {}
@@ -83,7 +83,9 @@ async fn round_robin_cycles_through_the_addresses_one_per_attempt() {
 
     let maker = Maker::always_connect();
     let svc = PersistentConnectionLayer::fixed_address("only").layer(maker.clone());
-    let conn: Conn = svc.handle().connected().await.unwrap();
+    let conn: Conn = within_an_hour("connected", svc.handle().connected())
+        .await
+        .unwrap();
     assert_eq!(conn.addr(), "only");
 }
 

@@ -15,7 +15,7 @@ use std::{
 };
 
 use persistent_connection::{ConnectErrorKind, Event, PersistentConnectionLayer};
-use support::{Addr, Conn, Events, Maker, Plan, addresses, secs};
+use support::{Addr, Conn, Events, Maker, Plan, addresses, secs, within_an_hour};
 use tower::{Layer, Service, ServiceExt};
 
 /// `(time, text)` pairs, for comparing a whole event log at once.
@@ -39,7 +39,9 @@ async fn get_address_is_called_before_every_attempt_and_its_address_goes_to_the_
         .jitter(0.0)
         .close_signal(|c: &Conn| c.closed())
         .layer(maker.clone());
-    svc.handle().connected().await.unwrap();
+    within_an_hour("connected", svc.handle().connected())
+        .await
+        .unwrap();
     assert_eq!(maker.attempt_addrs(), vec!["a", "b", "c"]);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 
@@ -63,7 +65,9 @@ async fn the_connection_is_handed_out_in_the_event_by_connected_and_by_current_c
     let handle = svc.handle();
     assert!(handle.current_connection().is_none());
 
-    let from_connected = handle.connected().await.unwrap();
+    let from_connected = within_an_hour("connected", handle.connected())
+        .await
+        .unwrap();
     let current = handle.current_connection().expect("connected");
     // The first attempt failed: the connection is the one made by the second attempt (the
     // maker's first connection), and nothing else was made.
@@ -98,7 +102,9 @@ async fn a_cycle_of_failures_then_a_connection_then_a_disconnect_reports_the_ful
         .close_signal(|c: &Conn| c.closed())
         .layer(maker.clone());
     let handle = svc.handle();
-    handle.connected().await.unwrap();
+    within_an_hour("connected", handle.connected())
+        .await
+        .unwrap();
     tokio::time::sleep(secs(30)).await; // t = 50
     maker.conn(0).kill();
     tokio::time::sleep(secs(10)).await; // t = 60
@@ -145,7 +151,9 @@ async fn within_a_cycle_only_changes_of_address_or_error_are_reported() {
             .jitter(0.0)
             .on_event(events.hook())
             .layer(maker.clone());
-    svc.handle().connected().await.unwrap();
+    within_an_hour("connected", svc.handle().connected())
+        .await
+        .unwrap();
     assert_eq!(maker.attempts(), 6);
     assert_eq!(
         events.timed(),
@@ -181,7 +189,9 @@ async fn a_new_cycle_reports_the_same_address_and_error_again() {
         .on_event(events.hook())
         .close_signal(|c: &Conn| c.closed())
         .layer(maker.clone());
-    svc.handle().connected().await.unwrap();
+    within_an_hour("connected", svc.handle().connected())
+        .await
+        .unwrap();
     tokio::time::sleep(secs(90)).await; // t = 100
     maker.conn(0).kill();
     tokio::time::sleep(secs(20)).await; // t = 120
@@ -221,7 +231,9 @@ async fn a_failure_of_get_address_is_a_failed_attempt_of_kind_discovery() {
     .jitter(0.0)
     .on_event(recorder.hook())
     .layer(maker.clone());
-    svc.handle().connected().await.unwrap();
+    within_an_hour("connected", svc.handle().connected())
+        .await
+        .unwrap();
     assert_eq!(
         recorder.kinds(),
         vec![(secs(0), ConnectErrorKind::Discovery)]
@@ -247,7 +259,9 @@ async fn a_maker_error_is_a_failed_attempt_of_kind_connect() {
         .jitter(0.0)
         .on_event(recorder.hook())
         .layer(maker.clone());
-    svc.handle().connected().await.unwrap();
+    within_an_hour("connected", svc.handle().connected())
+        .await
+        .unwrap();
     assert_eq!(recorder.kinds(), vec![(secs(0), ConnectErrorKind::Connect)]);
     assert!(
         recorder
@@ -296,7 +310,9 @@ async fn a_maker_poll_ready_error_is_a_failed_attempt() {
         .jitter(0.0)
         .on_event(recorder.hook())
         .layer(maker);
-    svc.handle().connected().await.unwrap();
+    within_an_hour("connected", svc.handle().connected())
+        .await
+        .unwrap();
     assert_eq!(recorder.kinds(), vec![(secs(0), ConnectErrorKind::Connect)]);
     assert_eq!(
         recorder.timed(),
@@ -330,7 +346,9 @@ async fn a_panic_in_the_get_address_future_is_a_failed_attempt_of_kind_panic() {
     .jitter(0.0)
     .on_event(recorder.hook())
     .layer(maker.clone());
-    let conn = svc.handle().connected().await.unwrap();
+    let conn = within_an_hour("connected", svc.handle().connected())
+        .await
+        .unwrap();
     assert_eq!(conn.id(), 0);
     assert_eq!(recorder.kinds(), vec![(secs(0), ConnectErrorKind::Panic)]);
     assert!(
@@ -359,7 +377,7 @@ async fn a_panic_in_the_get_address_closure_is_a_failed_attempt_of_kind_panic() 
     .jitter(0.0)
     .on_event(recorder.hook())
     .layer(maker.clone());
-    let conn = svc.handle().connected().await;
+    let conn = within_an_hour("connected", svc.handle().connected()).await;
     assert!(conn.is_ok(), "the driver died");
     assert_eq!(recorder.kinds(), vec![(secs(0), ConnectErrorKind::Panic)]);
     assert_eq!(maker.attempt_times(), vec![secs(10)]);
@@ -375,7 +393,9 @@ async fn a_panic_in_the_maker_is_a_failed_attempt_of_kind_panic() {
         .jitter(0.0)
         .on_event(recorder.hook())
         .layer(maker.clone());
-    let conn = svc.handle().connected().await.unwrap();
+    let conn = within_an_hour("connected", svc.handle().connected())
+        .await
+        .unwrap();
     assert_eq!(conn.id(), 0);
     assert_eq!(recorder.kinds(), vec![(secs(0), ConnectErrorKind::Panic)]);
     assert!(
@@ -399,7 +419,9 @@ async fn a_hanging_connect_fails_at_the_default_timeout_of_20_seconds() {
     tokio::time::sleep(secs(19)).await;
     assert!(recorder.kinds().is_empty());
     assert_eq!(maker.in_flight.load(Ordering::SeqCst), 1);
-    svc.handle().connected().await.unwrap();
+    within_an_hour("connected", svc.handle().connected())
+        .await
+        .unwrap();
     assert_eq!(
         recorder.kinds(),
         vec![(secs(20), ConnectErrorKind::Timeout)]
