@@ -71,7 +71,10 @@ async fn close_cancels_an_attempt_in_flight_at_once() {
     let events = Events::new();
     let svc = service(&maker, &events);
     let handle = svc.handle();
-    let_tasks_run().await;
+    yield_until("the attempt is in flight", || {
+        maker.in_flight.load(Ordering::SeqCst) == 1
+    })
+    .await;
     assert_eq!(maker.in_flight.load(Ordering::SeqCst), 1);
 
     let before = Instant::now();
@@ -167,7 +170,10 @@ async fn calling_close_twice_waits_for_the_same_completion() {
     assert_pending!(first.poll());
     assert_pending!(closed.poll());
 
-    let_tasks_run().await;
+    yield_until("both close() futures and closed() are woken", || {
+        second.is_woken() && first.is_woken() && closed.is_woken()
+    })
+    .await;
     assert!(second.is_woken() && first.is_woken() && closed.is_woken());
     assert_ready!(second.poll());
     assert_ready!(first.poll());
@@ -282,7 +288,10 @@ async fn dropping_every_user_while_connected_drops_the_connection() {
     assert_eq!(maker.live.load(Ordering::SeqCst), 1);
 
     drop((svc, clone, handle));
-    let_tasks_run().await;
+    yield_until("the connection is dropped", || {
+        maker.live.load(Ordering::SeqCst) == 0
+    })
+    .await;
     assert_eq!(maker.live.load(Ordering::SeqCst), 0);
 }
 
@@ -319,7 +328,13 @@ async fn close_after_current_closes_when_the_connection_ends() {
     assert_eq!(send(&mut svc, "x").await.unwrap(), "0:x");
 
     maker.conn(0).kill();
-    let_tasks_run().await;
+    yield_until("Disconnected is recorded", || {
+        events
+            .names()
+            .last()
+            .is_some_and(|name| name == "Disconnected")
+    })
+    .await;
     assert_eq!(events.names().last().unwrap(), "Disconnected");
     assert!(handle.is_closed());
     within_an_hour("closed()", handle.closed()).await;
@@ -356,7 +371,7 @@ async fn connected_resolves_at_once_with_the_current_connection() {
     let events = Events::new();
     let svc = service(&maker, &events);
     let handle = svc.handle();
-    let_tasks_run().await;
+    yield_until("a connection", || handle.current_connection().is_some()).await;
 
     let current = handle.current_connection().expect("not connected");
     let mut connected = task::spawn(connected_id(&handle));
@@ -380,7 +395,10 @@ async fn connected_during_an_outage_resolves_with_the_next_connection() {
     tokio::time::sleep(secs(15)).await;
     assert_pending!(connected.poll());
     tokio::time::sleep(secs(5)).await;
-    let_tasks_run().await;
+    yield_until("connection 1 is current", || {
+        handle.current_connection().map(|c| c.id()) == Some(1)
+    })
+    .await;
     assert_eq!(assert_ready!(connected.poll()), Ok(1));
 }
 
@@ -391,15 +409,24 @@ async fn current_connection_is_some_only_while_connected() {
     let events = Events::new();
     let svc = service(&maker, &events);
     let handle = svc.handle();
-    let_tasks_run().await;
+    yield_until("connection 0 is current", || {
+        handle.current_connection().map(|c| c.id()) == Some(0)
+    })
+    .await;
     assert_eq!(handle.current_connection().map(|c| c.id()), Some(0));
 
     maker.conn(0).kill();
-    let_tasks_run().await;
+    yield_until("no current connection", || {
+        handle.current_connection().is_none()
+    })
+    .await;
     assert!(handle.current_connection().is_none());
 
     tokio::time::sleep(secs(10)).await;
-    let_tasks_run().await;
+    yield_until("connection 1 is current", || {
+        handle.current_connection().map(|c| c.id()) == Some(1)
+    })
+    .await;
     assert_eq!(handle.current_connection().map(|c| c.id()), Some(1));
 }
 
@@ -411,7 +438,7 @@ async fn connected_or_failed_to_connect_returns_the_current_connection() {
     let events = Events::new();
     let svc = service(&maker, &events);
     let handle = svc.handle();
-    let_tasks_run().await;
+    yield_until("a connection", || handle.current_connection().is_some()).await;
 
     let mut outcome = task::spawn(outcome_id(&handle));
     assert_eq!(assert_ready!(outcome.poll()).unwrap(), 0);
@@ -425,13 +452,16 @@ async fn connected_or_failed_to_connect_returns_the_next_attempts_error() {
     let events = Events::new();
     let svc = service(&maker, &events);
     let handle = svc.handle();
-    let_tasks_run().await;
+    yield_until("the first attempt has failed", || events.count(failed) == 1).await;
     assert_eq!(maker.attempts(), 1);
 
     let mut outcome = task::spawn(outcome_id(&handle));
     assert_pending!(outcome.poll());
     tokio::time::sleep(secs(10)).await;
-    let_tasks_run().await;
+    yield_until("the second attempt has failed", || {
+        events.count(failed) == 2
+    })
+    .await;
     let error = match assert_ready!(outcome.poll()) {
         Ok(id) => panic!("connected to {id}"),
         Err(error) => error,
@@ -453,7 +483,7 @@ async fn connected_or_failed_to_connect_returns_the_next_attempts_connection() {
     let mut outcome = task::spawn(outcome_id(&handle));
     assert_pending!(outcome.poll());
     tokio::time::sleep(secs(10)).await;
-    let_tasks_run().await;
+    yield_until("a connection", || handle.current_connection().is_some()).await;
     assert_eq!(assert_ready!(outcome.poll()).unwrap(), 0);
 }
 
