@@ -70,7 +70,7 @@ async fn poll_ready_is_pending_while_down_and_ready_when_the_connection_arrives(
     let maker = Maker::new([Plan::Fail("refused")], Plan::Connect);
     let events = Events::new();
     let mut svc = service(&maker, &events);
-    let_tasks_run().await;
+    yield_until("the first attempt has failed", || events.count(failed) == 1).await;
     assert_eq!(maker.attempts(), 1, "the first attempt has failed");
 
     let mut ready = poll_ready_of(&mut svc);
@@ -83,7 +83,7 @@ async fn poll_ready_is_pending_while_down_and_ready_when_the_connection_arrives(
     assert_pending!(ready.poll());
 
     tokio::time::sleep(secs(1)).await;
-    let_tasks_run().await;
+    yield_until("a connection", || events.count(connected) == 1).await;
     assert_eq!(maker.connections(), 1, "the attempt at 10 s connected");
     assert!(ready.is_woken(), "the connection wakes the waiting task");
     assert_ready_ok!(ready.poll());
@@ -111,7 +111,7 @@ async fn every_waiting_clone_is_woken_when_a_connection_arrives() {
     }
 
     tokio::time::sleep(secs(10)).await;
-    let_tasks_run().await;
+    yield_until("a connection", || events.count(connected) == 1).await;
     assert_eq!(maker.connections(), 1);
     for (i, task) in tasks.iter_mut().enumerate() {
         assert!(task.is_woken(), "clone {i} was not woken");
@@ -155,7 +155,7 @@ async fn poll_ready_follows_the_connections_own_readiness_while_connected() {
     let maker = Maker::always_connect();
     let events = Events::new();
     let mut svc = service(&maker, &events);
-    let_tasks_run().await;
+    yield_until("a connection", || events.count(connected) == 1).await;
     let conn = maker.conn(0);
 
     let mut ready = poll_ready_of(&mut svc);
@@ -205,7 +205,7 @@ async fn a_connect_failure_never_reaches_poll_ready() {
     assert_eq!(maker.connections(), 0);
 
     tokio::time::sleep(ms(500)).await;
-    let_tasks_run().await;
+    yield_until("a connection", || events.count(connected) == 1).await;
     assert_ready_ok!(ready.poll());
     drop(ready);
     assert_eq!(
@@ -233,7 +233,7 @@ async fn a_failing_connection_poll_ready_ends_that_connection_and_the_next_becom
     maker.conn(0).fail();
     let mut ready = poll_ready_of(&mut svc);
     assert_pending!(ready.poll());
-    let_tasks_run().await;
+    yield_until("a second connection", || events.count(connected) == 2).await;
     assert_eq!(
         events.names(),
         [
@@ -268,7 +268,10 @@ async fn call_goes_to_the_connection_polled_ready_even_after_a_reconnect() {
 
     assert_ready_ok!(poll_ready_of(&mut svc).poll());
     conn0.kill();
-    let_tasks_run().await;
+    yield_until("connection 1 is current", || {
+        svc.handle().current_connection().map(|c| c.id()) == Some(1)
+    })
+    .await;
     let conn1 = maker.conn(1);
     assert_eq!(svc.handle().current_connection().map(|c| c.id()), Some(1));
 
@@ -471,7 +474,10 @@ async fn a_stale_failure_report_does_not_tear_down_the_newer_connection() {
         !matches!(poll, Poll::Ready(Err(_))),
         "poll_ready returned an error: {poll:?}"
     );
-    let_tasks_run().await;
+    yield_until("the clone's failure report is dropped", || {
+        error_dropped_on.lock().unwrap().is_some()
+    })
+    .await;
     assert_eq!(
         *error_dropped_on.lock().unwrap(),
         Some(std::thread::current().id()),
@@ -497,7 +503,7 @@ async fn a_clone_waiting_on_a_silent_busy_connection_is_woken_on_disconnect_and_
     let maker = Maker::always_connect();
     let events = Events::new();
     let mut svc = service(&maker, &events);
-    let_tasks_run().await;
+    yield_until("a connection", || events.count(connected) == 1).await;
     let conn0 = maker.conn(0);
     conn0.set_silent(true);
     conn0.set_busy(true);
@@ -508,14 +514,20 @@ async fn a_clone_waiting_on_a_silent_busy_connection_is_woken_on_disconnect_and_
     assert!(!ready.is_woken());
 
     conn0.kill();
-    let_tasks_run().await;
+    yield_until("Disconnected is recorded", || {
+        events
+            .names()
+            .last()
+            .is_some_and(|name| name == "Disconnected")
+    })
+    .await;
     assert_eq!(events.names().last().unwrap(), "Disconnected");
     assert!(ready.is_woken(), "the disconnect wakes the task");
     assert_pending!(ready.poll());
 
     // The connection lived less than the retry delay: the next attempt is at 10 s.
     tokio::time::sleep(secs(10)).await;
-    let_tasks_run().await;
+    yield_until("a second connection", || events.count(connected) == 2).await;
     assert_eq!(maker.connections(), 2);
     assert!(ready.is_woken(), "the new connection wakes the task");
     assert_ready_ok!(ready.poll());
@@ -551,7 +563,7 @@ async fn poll_ready_returns_closed_only_after_close() {
 
     assert_pending!(poll_ready_of(&mut svc).poll());
     tokio::time::sleep(secs(10)).await;
-    let_tasks_run().await;
+    yield_until("a connection", || handle.current_connection().is_some()).await;
     assert_ready_ok!(poll_ready_of(&mut svc).poll());
 
     let close = handle.close();
@@ -569,7 +581,10 @@ async fn call_without_a_ready_poll_ready_returns_an_error() {
     let maker = Maker::always_connect();
     let events = Events::new();
     let svc = service(&maker, &events);
-    let_tasks_run().await;
+    yield_until("a connection", || {
+        svc.handle().current_connection().is_some()
+    })
+    .await;
     assert!(svc.handle().current_connection().is_some());
 
     let mut fresh = svc.clone();
@@ -691,7 +706,13 @@ async fn a_connection_whose_poll_ready_failed_once_is_finished() {
         "Ready on the connection whose poll_ready failed"
     );
     drop(ready);
-    let_tasks_run().await;
+    yield_until("Connected(1) is logged", || {
+        log.lock()
+            .unwrap()
+            .last()
+            .is_some_and(|e| e == "Connected(1)")
+    })
+    .await;
     assert_eq!(
         *log.lock().unwrap(),
         ["Connected(0)", "Disconnected", "Connected(1)"]
