@@ -173,7 +173,7 @@ async fn load_shed_fails_fast_while_disconnected_and_passes_once_connected() {
     let svc = layer().layer(maker.clone());
     let handle = svc.handle();
     let mut svc = LoadShed::new(svc);
-    let_tasks_run().await;
+    yield_until("the first attempt", || maker.attempts() == 1).await;
     assert_eq!(maker.attempts(), 1);
 
     let err = send(&mut svc, "a").await.unwrap_err();
