@@ -20,7 +20,7 @@ use persistent_connection::{
     health::NotServing,
     http::{Http2Connection, Http2Connector},
 };
-use support::{Addr, Conn, Events, Maker, Plan, let_tasks_run, ms, secs};
+use support::{Addr, Conn, Events, Maker, Plan, let_tasks_run, ms, secs, yield_until};
 use tokio::{
     sync::mpsc,
     time::{Instant, sleep_until, timeout},
@@ -161,7 +161,10 @@ async fn a_connection_counts_only_once_its_health_check_passes() {
     assert_pending!(ready.poll());
     assert!(handle.current_connection().is_none());
     sleep_until(t0 + secs(20)).await;
-    let_tasks_run().await;
+    yield_until("the checked connection is current", || {
+        handle.current_connection().is_some()
+    })
+    .await;
     assert!(ready.is_woken(), "the connection wakes the waiting service");
     assert_ready_ok!(ready.poll());
     drop(ready);
@@ -422,7 +425,10 @@ async fn a_not_serving_answer_makes_the_connection_unready_without_closing_it() 
     assert_pending!(waiting.poll());
     serving.store(true, Ordering::SeqCst);
     sleep_until(t0 + ms(8000)).await;
-    let_tasks_run().await;
+    yield_until("the connection is restored", || {
+        handle.current_connection().is_some()
+    })
+    .await;
     assert!(waiting.is_woken());
     let mut ready = assert_ready_ok!(waiting.poll());
     assert_eq!(
