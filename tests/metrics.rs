@@ -117,7 +117,10 @@ fn the_counters_reach_the_metrics_recorder() {
                 // The connection lives 30 s, dies, and is replaced at once.
                 tokio::time::sleep(secs(30)).await;
                 maker.conn(0).kill();
-                support::let_tasks_run().await;
+                support::yield_until("the disconnection is counted", || {
+                    m.counter("persistent_connection_disconnections_total", &server) == 1
+                })
+                .await;
                 assert_eq!(
                     m.counter("persistent_connection_disconnections_total", &server),
                     1
