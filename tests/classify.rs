@@ -27,7 +27,7 @@ use persistent_connection::{
     classify::{self, Classified, ClassifyLayer, MarkedDead},
     http::{Http2Connection, Http2Connector},
 };
-use support::{Conn, Events, Maker, let_tasks_run, ms, secs};
+use support::{Conn, Events, Maker, let_tasks_run, ms, secs, yield_until};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_test::{assert_pending, assert_ready};
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -86,7 +86,10 @@ async fn a_connection_marked_dead_on_a_response_is_replaced_without_a_request() 
     // The answer that marks the connection dead is still this request's answer.
     assert_eq!(send(&mut svc, "502").await.unwrap(), "0:502");
     let polls = maker.conn(0).polls();
-    let_tasks_run().await;
+    yield_until("connection 1 reported", || {
+        recorder.count(support::connected) >= 2
+    })
+    .await;
 
     assert_eq!(
         recorder.timed_secs(),
@@ -126,7 +129,10 @@ async fn a_young_connection_marked_dead_waits_the_rest_of_the_retry_delay() {
 
     tokio::time::sleep(secs(3)).await;
     assert_eq!(send(&mut svc, "502").await.unwrap(), "0:502");
-    let_tasks_run().await;
+    yield_until("the disconnect reported", || {
+        recorder.count(support::disconnected) >= 1
+    })
+    .await;
     assert_eq!(
         recorder.timed_secs().last().unwrap(),
         &(3, "Disconnected".to_string())
@@ -135,7 +141,10 @@ async fn a_young_connection_marked_dead_waits_the_rest_of_the_retry_delay() {
     tokio::time::sleep(secs(7) - ms(1)).await;
     assert_eq!(maker.attempt_times(), [secs(0)]);
     tokio::time::sleep(ms(1)).await;
-    let_tasks_run().await;
+    yield_until("connection 1 reported", || {
+        recorder.count(support::connected) >= 2
+    })
+    .await;
     assert_eq!(maker.attempt_times(), [secs(0), secs(10)]);
     assert_eq!(recorder.names().last().unwrap(), "Connected(1)");
 }
@@ -185,7 +194,10 @@ async fn a_predicate_on_errors_marks_the_connection_dead() {
     let error = send(&mut svc, "reset").await.unwrap_err();
     assert_eq!(error.to_string(), "upstream reset the stream");
     assert!(first.is_marked_dead());
-    let_tasks_run().await;
+    yield_until("connection 1 reported", || {
+        recorder.count(support::connected) >= 2
+    })
+    .await;
 
     assert_eq!(
         recorder.names()[2..],
@@ -383,7 +395,10 @@ async fn the_combined_close_signal_also_fires_on_the_connections_own_signal() {
     tokio::time::sleep(secs(30)).await;
 
     first.get_ref().kill();
-    let_tasks_run().await;
+    yield_until("connection 1 reported", || {
+        recorder.count(support::connected) >= 2
+    })
+    .await;
     assert_eq!(
         recorder.timed_secs()[2..],
         [

@@ -12,7 +12,7 @@ use std::{
 };
 
 use persistent_connection::{PersistentConnectionLayer, close::CloseReason};
-use support::{Conn, Events, Maker, let_tasks_run, secs};
+use support::{Conn, Events, Maker, secs, yield_until};
 use tower::Layer;
 
 /// With a close signal, a killed idle connection is noticed at once, with no request sent and
@@ -33,7 +33,10 @@ async fn closed_connection_is_noticed_without_a_request() {
     tokio::time::sleep(secs(60)).await;
     let polls_before = maker.conn(0).polls();
     maker.conn(0).kill();
-    let_tasks_run().await;
+    yield_until("connection 1 reported", || {
+        events.count(support::connected) >= 2
+    })
+    .await;
 
     assert_eq!(
         events
@@ -200,7 +203,10 @@ async fn goodbye_after_serving_reconnects_at_once_whatever_the_age() {
     handle.connected().await.unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
     maker.conn(0).close_gracefully();
-    let_tasks_run().await;
+    yield_until("connection 1 is current", || {
+        handle.current_connection().is_some_and(|c| c.id() == 1)
+    })
+    .await;
     assert_eq!(maker.attempt_times(), [secs(0), Duration::from_millis(10)]);
     assert_eq!(handle.current_connection().unwrap().id(), 1);
     let stats = handle.stats();
@@ -221,7 +227,12 @@ async fn goodbyes_in_a_row_never_wait_and_never_count_as_failures() {
     for id in 0..100 {
         tokio::time::sleep(Duration::from_millis(5)).await;
         maker.conn(id).close_gracefully();
-        let_tasks_run().await;
+        yield_until("the next connection is current", || {
+            handle
+                .current_connection()
+                .is_some_and(|c| c.id() == id + 1)
+        })
+        .await;
         assert_eq!(handle.current_connection().unwrap().id(), id + 1);
     }
     let times = maker.attempt_times();
@@ -255,7 +266,7 @@ async fn goodbye_before_serving_from_a_young_connection_waits_the_delay() {
     assert_eq!(handle.stats().consecutive_failures, 1);
     assert_eq!(handle.stats().graceful_closes, 0);
     tokio::time::sleep(secs(1)).await;
-    let_tasks_run().await;
+    yield_until("the attempt at 10 s", || maker.attempts() >= 2).await;
     assert_eq!(maker.attempt_times(), [secs(0), secs(10)]);
 }
 
@@ -268,7 +279,7 @@ async fn goodbye_before_serving_after_the_flap_guard_is_an_idle_close() {
     handle.connected().await.unwrap();
     tokio::time::sleep(secs(5)).await;
     maker.conn(0).close_gracefully_before_serving();
-    let_tasks_run().await;
+    yield_until("the attempt at 5 s", || maker.attempts() >= 2).await;
     assert_eq!(maker.attempt_times(), [secs(0), secs(5)]);
     let stats = handle.stats();
     assert_eq!((stats.graceful_closes, stats.consecutive_failures), (1, 0));
@@ -286,7 +297,7 @@ async fn error_close_waits_the_rest_of_the_delay() {
     tokio::time::sleep(Duration::from_millis(4999)).await;
     assert_eq!(maker.attempt_times(), [secs(0)]);
     tokio::time::sleep(Duration::from_millis(1)).await;
-    let_tasks_run().await;
+    yield_until("the attempt at 10 s", || maker.attempts() >= 2).await;
     assert_eq!(maker.attempt_times(), [secs(0), secs(10)]);
     assert_eq!(handle.stats().graceful_closes, 0);
 }
@@ -301,11 +312,11 @@ async fn flap_guard_sets_when_a_goodbye_before_serving_is_a_failure() {
     tokio::time::sleep(secs(2)).await;
     maker.conn(0).close_gracefully_before_serving();
     tokio::time::sleep(secs(8)).await;
-    let_tasks_run().await;
+    yield_until("the attempt at 10 s", || maker.attempts() >= 2).await;
     assert_eq!(maker.attempt_times(), [secs(0), secs(10)]);
 
     tokio::time::sleep(secs(4)).await;
     maker.conn(1).close_gracefully_before_serving();
-    let_tasks_run().await;
+    yield_until("the attempt at 14 s", || maker.attempts() >= 3).await;
     assert_eq!(maker.attempt_times(), [secs(0), secs(10), secs(14)]);
 }

@@ -14,7 +14,7 @@ use persistent_connection::{
     close::CloseSignal,
     observe::{EventBus, OnEvent, Subscription, Update},
 };
-use support::{Addr, Conn, Events, Maker, Plan, let_tasks_run, secs};
+use support::{Addr, Conn, Events, Maker, Plan, let_tasks_run, secs, yield_until};
 use tokio::time::{Instant, sleep_until, timeout};
 use tower::Layer;
 
@@ -273,7 +273,10 @@ async fn state_changes_end_when_every_service_clone_and_handle_is_dropped() {
         Some((0, "Closed".to_owned()))
     );
     assert_eq!(next_state(&mut states, t0).await, None);
-    let_tasks_run().await;
+    yield_until("the connection is dropped", || {
+        maker.live.load(std::sync::atomic::Ordering::SeqCst) == 0
+    })
+    .await;
     assert_eq!(
         maker.live.load(std::sync::atomic::Ordering::SeqCst),
         0,
@@ -315,7 +318,10 @@ async fn early_and_late_subscribers_see_the_state_then_the_same_updates() {
     sleep_until(t0 + secs(5)).await;
     maker.conn(0).kill();
     sleep_until(t0 + secs(10)).await;
-    let_tasks_run().await;
+    yield_until("connection 1 reported", || {
+        maker.connections() >= 2 && bus.state() == State::Connected
+    })
+    .await;
     let after = strings(&[
         "Event(Disconnected)",
         "State(Waiting(+10s))",
@@ -355,7 +361,10 @@ async fn a_late_subscriber_does_not_keep_a_dead_connection_alive() {
     conn.kill();
     drop(conn);
     tokio::time::sleep(secs(10)).await;
-    let_tasks_run().await;
+    yield_until("connection 1 is current", || {
+        handle.current_connection().is_some_and(|c| c.id() == 1)
+    })
+    .await;
     assert_eq!(handle.current_connection().map(|c| c.id()), Some(1));
     assert_eq!(
         maker.live.load(std::sync::atomic::Ordering::SeqCst),
@@ -382,7 +391,10 @@ async fn a_subscriber_that_reads_its_backlog_releases_the_connections_in_it() {
     let handle = svc.handle();
     handle.connected().await.unwrap().kill();
     tokio::time::sleep(secs(10)).await;
-    let_tasks_run().await;
+    yield_until("connection 1 is current", || {
+        handle.current_connection().is_some_and(|c| c.id() == 1)
+    })
+    .await;
     assert_eq!(handle.current_connection().map(|c| c.id()), Some(1));
     assert_eq!(
         maker.live.load(std::sync::atomic::Ordering::SeqCst),
@@ -422,7 +434,7 @@ async fn a_lagging_subscriber_is_told_then_resumes_from_the_current_state() {
     // Attempts at 0..=9 s: 4 updates for the first (Attempting, Address, Failed, Waiting),
     // 2 for each later one (Connecting, Waiting; the same failure is not reported again).
     sleep_until(t0 + secs(9)).await;
-    let_tasks_run().await;
+    yield_until("ten attempts", || maker.attempts() >= 10).await;
     assert_eq!(maker.attempts(), 10);
 
     let lagged = next_update(&mut subscription).await;
@@ -448,7 +460,10 @@ async fn a_lagging_subscriber_is_told_then_resumes_from_the_current_state() {
     );
 
     sleep_until(t0 + secs(10)).await;
-    let_tasks_run().await;
+    yield_until("the attempt at 10 s failed", || {
+        maker.attempts() >= 11 && matches!(bus.state(), State::Waiting { .. })
+    })
+    .await;
     assert_eq!(
         drain(&mut subscription, t0),
         strings(&["State(Connecting)", "State(Waiting(+11s))"])
@@ -468,7 +483,13 @@ async fn recv_returns_none_once_every_clone_of_the_bus_is_gone() {
     drop(handle.connected().await.unwrap());
     drop(svc);
     drop(handle);
-    let_tasks_run().await;
+    yield_until("the driver task ended", || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+            == 0
+    })
+    .await;
 
     let t0 = Instant::now();
     let updates = drain(&mut subscription, t0);
@@ -534,7 +555,10 @@ async fn a_panicking_on_state_does_not_stop_the_driver() {
     let handle = svc.handle();
     sleep_until(log.t0 + secs(15)).await;
     maker.conn(0).kill();
-    let_tasks_run().await;
+    yield_until("the death is noticed", || {
+        events.count(support::disconnected) >= 1
+    })
+    .await;
     let conn = timeout(GUARD, handle.connected())
         .await
         .expect("no reconnect")
@@ -590,7 +614,10 @@ async fn a_pair_of_hooks_delivers_to_both() {
         .layer(maker.clone());
     let handle = svc.handle();
     handle.connected().await.unwrap().kill();
-    let_tasks_run().await;
+    yield_until("the death is noticed", || {
+        handle.current_connection().is_none()
+    })
+    .await;
     assert!(handle.current_connection().is_none());
     let conn = timeout(GUARD, handle.connected())
         .await
@@ -687,7 +714,7 @@ async fn an_immediate_reconnect_never_reports_a_wait() {
     let_tasks_run().await;
     sleep_until(log.t0 + secs(60)).await;
     maker.conn(1).close_gracefully();
-    let_tasks_run().await;
+    yield_until("the third connection", || maker.connections() >= 3).await;
     assert_eq!(maker.connections(), 3);
     timeout(GUARD, handle.close())
         .await

@@ -11,7 +11,7 @@ use std::{
 };
 
 use persistent_connection::{PersistentConnectionLayer, State, retry::MAX_RETRY_DELAY};
-use support::{Conn, Maker, Plan, let_tasks_run, ms, secs};
+use support::{Conn, Maker, Plan, let_tasks_run, ms, secs, yield_until};
 use tokio::time::advance;
 use tower::Layer;
 
@@ -39,7 +39,7 @@ async fn the_first_attempt_is_immediate() {
         .retry_delay(|| secs(10))
         .jitter(0.0)
         .layer(maker.clone());
-    let_tasks_run().await;
+    yield_until("the first attempt", || maker.attempts() >= 1).await;
     assert_eq!(maker.attempt_times(), vec![secs(0)]);
 }
 
@@ -52,7 +52,7 @@ async fn failed_attempts_wait_the_retry_delay() {
         .retry_delay(|| secs(10))
         .jitter(0.0)
         .layer(maker.clone());
-    let_tasks_run().await;
+    yield_until("the first attempt", || maker.attempts() >= 1).await;
     assert_eq!(maker.attempts(), 1);
     advance(secs(5)).await;
     let_tasks_run().await;
@@ -61,7 +61,7 @@ async fn failed_attempts_wait_the_retry_delay() {
     let_tasks_run().await;
     assert_eq!(maker.attempts(), 1);
     advance(ms(1)).await;
-    let_tasks_run().await;
+    yield_until("the attempt at 10 s", || maker.attempts() >= 2).await;
     assert_eq!(maker.attempts(), 2);
     assert_eq!(maker.attempt_times(), vec![secs(0), secs(10)]);
 }
@@ -103,7 +103,12 @@ async fn a_long_lived_connection_is_replaced_at_once_when_it_dies() {
     svc.handle().connected().await.unwrap();
     tokio::time::sleep(secs(37)).await;
     maker.conn(0).kill();
-    let_tasks_run().await;
+    yield_until("connection 1 is current", || {
+        svc.handle()
+            .current_connection()
+            .is_some_and(|c| c.id() == 1)
+    })
+    .await;
     assert_eq!(maker.attempt_times(), vec![secs(0), secs(37)]);
     assert_eq!(svc.handle().current_connection().unwrap().id(), 1);
 }
@@ -124,7 +129,7 @@ async fn a_short_lived_connection_waits_the_rest_of_the_delay_from_its_attempt()
     tokio::time::sleep(ms(6999)).await;
     assert_eq!(maker.attempts(), 2);
     tokio::time::sleep(ms(1)).await;
-    let_tasks_run().await;
+    yield_until("the attempt at 20 s", || maker.attempts() >= 3).await;
     assert_eq!(maker.attempt_times(), vec![secs(0), secs(10), secs(20)]);
 }
 
@@ -320,7 +325,10 @@ async fn reconnect_now_skips_the_remaining_delay() {
     tokio::time::sleep(secs(2)).await;
     assert_eq!(maker.attempts(), 1);
     handle.reconnect_now();
-    let_tasks_run().await;
+    yield_until("connected by the attempt reconnect_now asked for", || {
+        handle.state() == State::Connected
+    })
+    .await;
     assert_eq!(maker.attempt_times(), vec![secs(0), secs(2)]);
     assert_eq!(handle.state(), State::Connected);
 }

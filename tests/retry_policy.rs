@@ -19,7 +19,7 @@ use persistent_connection::{
     observe::Stats,
     retry::{Constant, Exponential, RetryContext, RetryPolicy, policy_fn},
 };
-use support::{Conn, Maker, Plan, let_tasks_run, ms, secs};
+use support::{Conn, Maker, Plan, ms, secs, yield_until};
 use tokio_test::{assert_pending, assert_ready};
 use tower::{Layer, ServiceExt};
 use tracing::Level;
@@ -176,7 +176,7 @@ async fn connections_dying_within_the_flap_guard_make_the_delay_grow() {
         .close_signal(dies_after(ms(5)))
         .layer(maker.clone());
     tokio::time::sleep(secs(70)).await;
-    let_tasks_run().await;
+    yield_until("seven attempts", || maker.attempts() >= 7).await;
     let times = maker.attempt_times();
     assert_eq!(
         gaps(&times),
@@ -206,7 +206,7 @@ async fn connections_outliving_the_flap_guard_keep_the_initial_delay() {
         .close_signal(dies_after(secs(2)))
         .layer(maker.clone());
     tokio::time::sleep(secs(13)).await;
-    let_tasks_run().await;
+    yield_until("seven attempts", || maker.attempts() >= 7).await;
     let times = maker.attempt_times();
     assert_eq!(gaps(&times), vec![secs(2); 6], "{times:?}");
     let stats = svc.handle().stats();
@@ -226,7 +226,7 @@ async fn a_zero_flap_guard_resets_the_delay_after_any_connection() {
         .close_signal(dies_after(ms(5)))
         .layer(maker.clone());
     tokio::time::sleep(secs(6)).await;
-    let_tasks_run().await;
+    yield_until("seven attempts", || maker.attempts() >= 7).await;
     let times = maker.attempt_times();
     assert_eq!(gaps(&times), vec![secs(1); 6], "{times:?}");
 }
@@ -259,12 +259,15 @@ async fn reconnect_now_attempts_at_once_and_restarts_the_delay_from_the_initial_
     );
 
     handle.reconnect_now();
-    let_tasks_run().await;
+    yield_until("the attempt reconnect_now asked for", || {
+        maker.attempts() >= 7
+    })
+    .await;
     assert_eq!(maker.attempt_times().last(), Some(&secs(40)));
     assert_eq!(handle.stats().next_delay, Some(secs(1)));
 
     tokio::time::sleep(secs(3)).await; // t = 43
-    let_tasks_run().await;
+    yield_until("the attempts at 41 and 43 s", || maker.attempts() >= 9).await;
     assert_eq!(
         maker.attempt_times(),
         [0, 1, 3, 7, 15, 31, 40, 41, 43].map(secs)
@@ -301,7 +304,7 @@ async fn give_up_after_three_failures_closes_with_the_third_error() {
     // The policy is asked as soon as the third attempt fails (at 2 s), and gives up then,
     // not a retry delay later.
     tokio::time::sleep(secs(2)).await;
-    let_tasks_run().await;
+    yield_until("the driver gave up", || handle.is_closed()).await;
     assert_eq!(maker.attempt_times(), [0, 1, 2].map(secs));
     assert!(handle.is_closed());
     assert_eq!(handle.state(), State::Closed);
@@ -341,7 +344,7 @@ async fn give_up_after_zero_never_attempts_and_closes() {
         .jitter(0.0)
         .layer(maker.clone());
     let handle = svc.handle();
-    let_tasks_run().await;
+    yield_until("the driver gave up", || handle.is_closed()).await;
     assert!(handle.is_closed());
     assert_eq!(handle.state(), State::Closed);
     let mut closed = tokio_test::task::spawn(handle.closed());
@@ -366,7 +369,7 @@ async fn flapping_connections_count_toward_give_up_after() {
         .layer(maker.clone());
     let handle = svc.handle();
     tokio::time::sleep(secs(2) + ms(5)).await;
-    let_tasks_run().await;
+    yield_until("the driver gave up", || handle.is_closed()).await;
     assert!(handle.is_closed());
     assert_eq!(maker.attempt_times(), [0, 1, 2].map(secs));
     let stats = handle.stats();
@@ -423,7 +426,7 @@ async fn a_policy_fn_sees_failures_in_a_row_the_last_error_and_the_last_connecti
     tokio::time::sleep(ms(1200)).await;
     maker.conn(1).kill(); // connected at 6 s: lived 200 ms
     tokio::time::sleep(ms(900)).await;
-    let_tasks_run().await;
+    yield_until("six policy calls", || calls.lock().unwrap().len() >= 6).await;
 
     let error = |text: &str| Some(format!("connect failed: {text}"));
     assert_eq!(
@@ -536,7 +539,11 @@ async fn stats_count_attempts_failures_connections_and_disconnections_exactly() 
     assert_eq!(stats(&handle), Counters::from(Stats::default()));
     assert_eq!(stats(&handle).next_delay, None);
 
-    let_tasks_run().await; // t = 0: the first attempt failed
+    // t = 0: the first attempt failed
+    yield_until("the first attempt failed", || {
+        handle.stats().failed_attempts >= 1
+    })
+    .await;
     assert_eq!(
         stats(&handle),
         Counters {
@@ -552,7 +559,10 @@ async fn stats_count_attempts_failures_connections_and_disconnections_exactly() 
     );
 
     tokio::time::sleep(secs(1)).await; // t = 1: the second attempt failed
-    let_tasks_run().await;
+    yield_until("the second attempt failed", || {
+        handle.stats().failed_attempts >= 2
+    })
+    .await;
     assert_eq!(
         stats(&handle),
         Counters {
@@ -568,7 +578,7 @@ async fn stats_count_attempts_failures_connections_and_disconnections_exactly() 
     );
 
     tokio::time::sleep(secs(2)).await; // t = 3: connected
-    let_tasks_run().await;
+    yield_until("connected", || handle.stats().connections >= 1).await;
     let connected = Counters {
         attempts: 3,
         failed_attempts: 2,
@@ -592,7 +602,7 @@ async fn stats_count_attempts_failures_connections_and_disconnections_exactly() 
     // Killed after 5 s (past the flap guard: the count resets); the next attempt starts at
     // once (its 4 s delay has passed) and takes 2 s to connect.
     maker.conn(0).kill();
-    let_tasks_run().await;
+    yield_until("the reconnecting attempt", || handle.stats().attempts >= 4).await;
     let reconnecting = Counters {
         attempts: 4,
         failed_attempts: 2,
@@ -608,7 +618,7 @@ async fn stats_count_attempts_failures_connections_and_disconnections_exactly() 
     assert_eq!(stats(&handle), reconnecting);
 
     tokio::time::sleep(secs(1)).await; // t = 10: connected again
-    let_tasks_run().await;
+    yield_until("connected again", || handle.stats().connections >= 2).await;
     tokio::time::sleep(ms(1500)).await;
     assert_eq!(
         stats(&handle),

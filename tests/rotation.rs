@@ -13,7 +13,7 @@ use std::{
 
 use futures_util::FutureExt as _;
 use persistent_connection::{PersistentConnectionLayer, State};
-use support::{Conn, Events, Maker, Plan, addresses, let_tasks_run, secs};
+use support::{Conn, Events, Maker, Plan, addresses, secs, yield_until};
 use tokio::time::{Instant, sleep_until};
 use tower::{Layer, Service, ServiceExt as _};
 
@@ -55,7 +55,10 @@ async fn an_aged_connection_is_replaced_make_before_break() {
     );
 
     sleep_until(t0 + secs(62)).await;
-    let_tasks_run().await;
+    yield_until("connection 1 is current", || {
+        handle.current_connection().is_some_and(|c| c.id() == 1)
+    })
+    .await;
     assert_eq!(handle.current_connection().unwrap().id(), 1);
     let reply = svc.ready().await.unwrap().call("after".into()).await;
     assert_eq!(reply.unwrap(), "1:after");
@@ -138,12 +141,18 @@ async fn the_old_connection_dying_during_a_rotation_keeps_the_attempt() {
 
     sleep_until(t0 + secs(61)).await;
     maker.conn(0).kill();
-    let_tasks_run().await;
+    yield_until("the death is noticed", || {
+        handle.current_connection().is_none()
+    })
+    .await;
     assert!(handle.current_connection().is_none());
     assert!(svc.ready().now_or_never().is_none(), "Pending meanwhile");
 
     sleep_until(t0 + secs(63)).await;
-    let_tasks_run().await;
+    yield_until("connection 1 is current", || {
+        handle.current_connection().is_some_and(|c| c.id() == 1)
+    })
+    .await;
     assert_eq!(handle.current_connection().unwrap().id(), 1);
     assert_eq!(maker.attempt_times(), [secs(0), secs(60)]);
     assert_eq!(

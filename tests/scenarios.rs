@@ -19,7 +19,9 @@ use std::{
 use persistent_connection::{
     BoxError, Closed, Event, PersistentConnection, PersistentConnectionLayer, State,
 };
-use support::{Addr, Conn, Events, Maker, Plan, let_tasks_run, ms, secs, within_an_hour};
+use support::{
+    Addr, Conn, Events, Maker, Plan, let_tasks_run, ms, secs, within_an_hour, yield_until,
+};
 use tokio::time::{Instant, advance, sleep};
 use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
 use tower::{Layer, Service, ServiceExt};
@@ -285,14 +287,14 @@ async fn s01_server_down_at_start_retries_with_the_delay_and_connects_when_it_co
     let mut svc = service(&maker, &events);
     let mut ready = poll_ready_of(&mut svc);
     assert_pending!(ready.poll());
-    let_tasks_run().await;
+    yield_until("the first attempt", || maker.attempts() >= 1).await;
     assert_eq!(maker.attempt_times(), vec![secs(0)]);
 
     sleep(secs(25)).await;
     assert_pending!(ready.poll());
     maker.set_fallback(Plan::Connect); // the server comes up at 25 s
     sleep(secs(5)).await;
-    let_tasks_run().await;
+    yield_until("connected", || events.count(support::connected) >= 1).await;
 
     assert!(ready.is_woken());
     assert_ready_ok!(ready.poll());
@@ -554,7 +556,11 @@ async fn s12_address_change_while_connected_is_used_only_on_the_next_reconnect()
     assert_eq!(handle.current_connection().unwrap().addr(), "a");
 
     maker.conn(0).kill();
-    let_tasks_run().await;
+    yield_until("connected to b, and reported", || {
+        handle.current_connection().is_some_and(|c| c.addr() == "b")
+            && events.count(support::connected) >= 2
+    })
+    .await;
     assert_eq!(maker.attempt_addrs(), ["a", "b"]);
     assert_eq!(handle.current_connection().unwrap().addr(), "b");
     assert_eq!(
@@ -635,7 +641,7 @@ async fn s14_long_outage_keeps_the_attempt_grid_and_recovers_within_one_delay() 
     let handle = svc.handle();
     let first_outcome = tokio::spawn(handle.connected_or_failed_to_connect());
     let connected = tokio::spawn(handle.connected());
-    let_tasks_run().await;
+    yield_until("the first outcome", || first_outcome.is_finished()).await;
     assert!(first_outcome.is_finished());
     match first_outcome.await.unwrap() {
         Err(error) => assert_eq!(error.to_string(), "connect failed: refused"),
@@ -832,7 +838,7 @@ async fn s18_close_with_requests_in_flight_lets_them_finish_and_is_idempotent() 
             })
         })
         .collect();
-    let_tasks_run().await;
+    yield_until("three calls in flight", || maker.conn(0).calls() >= 3).await;
     assert_eq!(maker.conn(0).calls(), 3, "all three in flight");
 
     let before = Instant::now();
@@ -891,7 +897,10 @@ async fn s19_dropping_every_handle_while_connected_ends_the_task_and_the_connect
     assert_eq!(maker.live.load(Ordering::SeqCst), 1);
 
     drop((svc, clone, handle));
-    let_tasks_run().await;
+    yield_until("the driver task ended and dropped the connection", || {
+        metrics.num_alive_tasks() == tasks && maker.live.load(Ordering::SeqCst) == 0
+    })
+    .await;
     assert_eq!(metrics.num_alive_tasks(), tasks, "the driver task ended");
     assert_eq!(
         maker.live.load(Ordering::SeqCst),
@@ -916,7 +925,10 @@ async fn s19_dropping_every_handle_during_the_delay_ends_the_task_at_once() {
     assert_eq!(metrics.num_alive_tasks(), tasks + 1);
 
     drop((svc, handle));
-    let_tasks_run().await;
+    yield_until("the driver task ended", || {
+        metrics.num_alive_tasks() == tasks && Arc::strong_count(&maker.live) == 1
+    })
+    .await;
     assert_eq!(metrics.num_alive_tasks(), tasks, "the driver task ended");
     assert_eq!(Arc::strong_count(&maker.live), 1);
     sleep(HOUR).await;
@@ -941,7 +953,10 @@ async fn s20_call_after_the_ready_connection_died_fails_with_its_error() {
         .unwrap();
 
     maker.conn(0).kill();
-    let_tasks_run().await;
+    yield_until("connection 1 is current", || {
+        handle.current_connection().is_some_and(|c| c.id() == 1)
+    })
+    .await;
     assert_eq!(handle.current_connection().unwrap().id(), 1);
 
     let response = tokio::time::timeout(secs(1), svc.call("x".to_string()))
@@ -982,7 +997,12 @@ async fn s21_many_waiters_all_wake_once_on_a_single_connect() {
             (polls, task)
         })
         .collect();
-    let_tasks_run().await;
+    yield_until("every waiter polled", || {
+        waiters
+            .iter()
+            .all(|(polls, _)| polls.load(Ordering::SeqCst) >= 1)
+    })
+    .await;
     assert!(
         waiters
             .iter()
@@ -1057,7 +1077,10 @@ async fn s23_failing_inner_poll_ready_is_a_disconnect_and_reconnects() {
 
     maker.conn(0).fail();
     assert_pending!(ready.poll());
-    let_tasks_run().await;
+    yield_until("connection 1 is current", || {
+        handle.current_connection().is_some_and(|c| c.id() == 1)
+    })
+    .await;
     assert!(ready.is_woken());
     assert_ready_ok!(ready.poll());
     drop(ready);
@@ -1099,7 +1122,10 @@ async fn s25_reconnect_now_during_the_delay_attempts_at_once_and_restarts_the_de
     sleep(secs(3)).await;
 
     handle.reconnect_now();
-    let_tasks_run().await;
+    yield_until("the attempt reconnect_now asked for", || {
+        maker.attempts() >= 2
+    })
+    .await;
     assert_eq!(maker.attempt_times(), [secs(0), secs(3)]);
 
     within_an_hour("connected()", handle.connected())
@@ -1172,18 +1198,18 @@ async fn s27_a_jump_of_hours_gives_one_attempt_not_a_burst() {
     let maker = Maker::new([], Plan::Fail("refused"));
     let events = Events::new();
     let _svc = service(&maker, &events);
-    let_tasks_run().await;
+    yield_until("the first attempt", || maker.attempts() >= 1).await;
     assert_eq!(maker.attempts(), 1);
 
     advance(3 * HOUR).await;
-    let_tasks_run().await;
+    yield_until("the attempt after the jump", || maker.attempts() >= 2).await;
     assert_eq!(maker.attempt_times(), [secs(0), 3 * HOUR]);
 
     advance(DELAY - ms(1)).await;
     let_tasks_run().await;
     assert_eq!(maker.attempts(), 2);
     advance(ms(1)).await;
-    let_tasks_run().await;
+    yield_until("the attempt one delay later", || maker.attempts() >= 3).await;
     assert_eq!(maker.attempt_times(), [secs(0), 3 * HOUR, 3 * HOUR + DELAY]);
 }
 
