@@ -141,3 +141,16 @@ macro_rules! core_settings {
 }
 
 pub(super) use core_settings;
+
+/// `Default` for a connector: its `new()`.
+macro_rules! default_is_new {
+    ($connector:ident) => {
+        impl<B> Default for $connector<B> {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+    };
+}
+
+pub(super) use default_is_new;

@@ -81,11 +81,7 @@ impl<B> Http1Connector<B> {
     }
 }
 
-impl<B> Default for Http1Connector<B> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+super::base::default_is_new!(Http1Connector);
 
 impl<B> Clone for Http1Connector<B> {
     /// A connector with the same settings and request counters. Its connections are its own:

@@ -249,11 +249,7 @@ impl<B> Http2Connector<B> {
     }
 }
 
-impl<B> Default for Http2Connector<B> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+super::base::default_is_new!(Http2Connector);
 
 impl<B> Clone for Http2Connector<B> {
     /// A connector with the same settings, request counters and keep-alive interval (shared,
