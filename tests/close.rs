@@ -329,10 +329,7 @@ async fn close_after_current_closes_when_the_connection_ends() {
 
     maker.conn(0).kill();
     yield_until("Disconnected is recorded", || {
-        events
-            .names()
-            .last()
-            .is_some_and(|name| name == "Disconnected")
+        events.last_is("Disconnected")
     })
     .await;
     assert_eq!(events.names().last().unwrap(), "Disconnected");

@@ -515,10 +515,7 @@ async fn a_clone_waiting_on_a_silent_busy_connection_is_woken_on_disconnect_and_
 
     conn0.kill();
     yield_until("Disconnected is recorded", || {
-        events
-            .names()
-            .last()
-            .is_some_and(|name| name == "Disconnected")
+        events.last_is("Disconnected")
     })
     .await;
     assert_eq!(events.names().last().unwrap(), "Disconnected");

@@ -175,6 +175,13 @@ impl Events {
         log.iter().map(|(_, event)| event.to_string()).collect()
     }
 
+    /// Whether the latest event's text is `name`.
+    pub fn last_is(&self, name: &str) -> bool {
+        let log = self.log.lock().unwrap();
+        log.last()
+            .is_some_and(|(_, event)| event.to_string() == name)
+    }
+
     /// The events so far as texts with their times since the recorder was made.
     pub fn timed(&self) -> Vec<(Duration, String)> {
         let log = self.log.lock().unwrap();
