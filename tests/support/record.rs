@@ -13,6 +13,18 @@ use tokio::{sync::watch, time::Instant};
 
 use super::{Addr, Conn};
 
+/// The events of a connection to address `a`, its end, and the next connection to `a`: what
+/// a test of one reconnection expects.
+pub const RECONNECTED_ONCE: [&str; 7] = [
+    "Attempting",
+    "Address(a)",
+    "Connected(0)",
+    "Disconnected",
+    "Attempting",
+    "Address(a)",
+    "Connected(1)",
+];
+
 /// An event, reduced to what the tests compare.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Ev {
