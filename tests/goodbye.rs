@@ -11,20 +11,20 @@ use std::{
     time::Duration,
 };
 
+#[path = "support/grpc.rs"]
+mod grpc;
+
+use grpc::SERVICE;
 use persistent_connection::{PersistentConnectionLayer, http::Http2Connector};
 use tokio::{sync::oneshot, task::JoinSet, time::timeout};
 use tonic::{body::Body, transport::server::TcpIncoming};
 use tonic_health::{
     ServingStatus,
-    pb::{
-        HealthCheckRequest, health_check_response::ServingStatus as Status,
-        health_client::HealthClient,
-    },
+    pb::{health_check_response::ServingStatus as Status, health_client::HealthClient},
 };
 
 /// The bound on every wait: a test that reaches it fails.
 const GUARD: Duration = Duration::from_secs(10);
-const SERVICE: &str = "billing";
 
 /// A tonic-health server on a fresh loopback port that counts the requests it serves and
 /// shuts down gracefully when told.
@@ -41,10 +41,7 @@ impl Replica {
             .await
             .expect("bind a loopback port");
         let address = listener.local_addr().expect("local address");
-        let (reporter, health) = tonic_health::server::health_reporter();
-        reporter
-            .set_service_status(SERVICE, ServingStatus::Serving)
-            .await;
+        let (_reporter, health) = grpc::health(ServingStatus::Serving).await;
         let served = Arc::new(AtomicUsize::new(0));
         let counter = served.clone();
         let (shutdown, signal) = oneshot::channel::<()>();
@@ -113,10 +110,7 @@ async fn a_tonic_server_shut_down_gracefully_costs_no_call() {
         loops.spawn(async move {
             let (mut ok, mut failed) = (0usize, Vec::new());
             while !stop.load(Ordering::SeqCst) && ok + failed.len() < 1_000_000 {
-                let request = HealthCheckRequest {
-                    service: SERVICE.into(),
-                };
-                match timeout(GUARD, client.check(request)).await {
+                match timeout(GUARD, client.check(grpc::request())).await {
                     Ok(Ok(response)) => {
                         assert_eq!(response.into_inner().status(), Status::Serving);
                         ok += 1;

@@ -4,6 +4,9 @@
 
 mod support;
 
+#[path = "support/grpc.rs"]
+mod grpc_server;
+
 use std::{
     future::poll_fn,
     net::SocketAddr,
@@ -572,29 +575,20 @@ fn a_zero_health_check_interval_panics() {
 // === Against a real tonic-health server ===
 
 mod grpc {
-    use super::*;
+    use super::{
+        grpc_server::{SERVICE, health, request},
+        *,
+    };
     use tonic::{body::Body, transport::server::TcpIncoming};
     use tonic_health::{
         ServingStatus,
-        pb::{
-            HealthCheckRequest, health_check_response::ServingStatus as Status,
-            health_client::HealthClient,
-        },
+        pb::{health_check_response::ServingStatus as Status, health_client::HealthClient},
     };
 
     /// The bound on every wait: a test that reaches it fails.
     const GUARD: Duration = Duration::from_secs(5);
-    /// The service whose health the server reports, and the client's server name.
-    const SERVICE: &str = "billing";
 
     type Conn = Http2Connection<Body>;
-
-    fn request() -> HealthCheckRequest {
-        HealthCheckRequest {
-            service: SERVICE.into(),
-        }
-    }
-
     /// Receives items in order, each wait bounded by [`GUARD`].
     struct Receiver<T>(mpsc::UnboundedReceiver<T>);
 
@@ -628,10 +622,7 @@ mod grpc {
             .await
             .expect("bind a loopback port");
         let address = listener.local_addr().expect("local address");
-        let (reporter, health) = tonic_health::server::health_reporter();
-        reporter
-            .set_service_status(SERVICE, ServingStatus::NotServing)
-            .await;
+        let (reporter, health) = health(ServingStatus::NotServing).await;
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(health)
@@ -777,10 +768,7 @@ mod grpc {
                 }
             })
         };
-        let (reporter, health) = tonic_health::server::health_reporter();
-        reporter
-            .set_service_status(SERVICE, ServingStatus::Serving)
-            .await;
+        let (reporter, health) = health(ServingStatus::Serving).await;
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(health)

@@ -3,12 +3,16 @@
 //! directly, the client follows the server to a new port, a call made during an outage waits
 //! for the server instead of failing, and the requests carry the logical name as authority.
 
+#[path = "support/grpc.rs"]
+mod grpc;
+
 use std::{
     net::{SocketAddr, TcpListener},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use grpc::{SERVICE, request};
 use persistent_connection::{
     Event, Handle, PersistentConnection, PersistentConnectionLayer,
     http::{Http2Connection, Http2Connector},
@@ -21,10 +25,7 @@ use tokio::{
 use tonic::{body::Body, transport::server::TcpIncoming};
 use tonic_health::{
     ServingStatus,
-    pb::{
-        HealthCheckRequest, health_check_response::ServingStatus as Status,
-        health_client::HealthClient,
-    },
+    pb::{health_check_response::ServingStatus as Status, health_client::HealthClient},
 };
 use tower::util::MapRequestLayer;
 
@@ -32,8 +33,6 @@ use tower::util::MapRequestLayer;
 const GUARD: Duration = Duration::from_secs(5);
 /// The retry delay of every persistent connection here.
 const RETRY_DELAY: Duration = Duration::from_millis(100);
-/// The service whose health the servers report, and the client's server name.
-const SERVICE: &str = "billing";
 
 type Conn = Http2Connection<Body>;
 type Client = HealthClient<PersistentConnection<Conn>>;
@@ -72,10 +71,7 @@ impl Server {
                 .expect("server runtime");
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let (reporter, health) = tonic_health::server::health_reporter();
-                reporter
-                    .set_service_status(SERVICE, ServingStatus::Serving)
-                    .await;
+                let (_reporter, health) = grpc::health(ServingStatus::Serving).await;
                 let record = MapRequestLayer::new(move |request: hyper::Request<Body>| {
                     let authority = request.uri().authority().map(ToString::to_string);
                     record
@@ -216,13 +212,6 @@ fn persistent(
     .http2(connector);
     (svc, Events(rx))
 }
-
-fn request() -> HealthCheckRequest {
-    HealthCheckRequest {
-        service: SERVICE.into(),
-    }
-}
-
 /// One `check`, bounded by [`GUARD`]; returns the reported status.
 async fn check(client: &mut Client) -> Status {
     let response = timeout(GUARD, client.check(request()))
