@@ -58,6 +58,13 @@ impl fmt::Display for CloseReason {
 /// and for every `Fn(&S) -> impl Future<Output = CloseReason>` closure. The future must not
 /// borrow the connection (clone what it needs into it); it is dropped when the connection ends
 /// for another reason.
+///
+/// When a connection's `poll_ready` fails, the driver polls its close signal once to learn
+/// how it ended (a goodbye is replaced at once, a failure waits the retry delay). So the
+/// future should be ready on any poll made after the connection's state says it closed, not
+/// only once its task has been woken: check the state on every poll (a
+/// `tokio::sync::watch::Receiver::wait_for` left pending can miss a change whose wake-up has
+/// not come yet). Otherwise a goodbye seen first by `poll_ready` counts as a failure.
 pub trait CloseSignal<S>: Send + Sync + 'static {
     /// The future that resolves when the connection has closed.
     type Future: Future<Output = CloseReason> + Send + 'static;
