@@ -2,7 +2,6 @@
 
 use std::{
     fmt,
-    future::Future,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -17,7 +16,7 @@ use tower_service::Service;
 use crate::{
     BoxError,
     close::CloseSignal,
-    discover::{self, GetAddress},
+    discovery::{self, AddressSource, GetAddress},
     driver::{
         Driver, Hooks, Settings,
         erased::{Check, Hook, Maker, Signal},
@@ -100,16 +99,13 @@ struct Config<A> {
 }
 
 impl<A: Send + 'static> PersistentConnectionLayer<A> {
-    /// A layer whose connections go to the address `get_address` returns; it is called before
-    /// **every** attempt, so a lookup in a catalog or DNS can move the client to another
-    /// replica when one dies. A failure of `get_address` is a failed attempt.
-    pub fn new<G, F, Err>(get_address: G) -> Self
-    where
-        G: Fn() -> F + Send + Sync + 'static,
-        F: Future<Output = Result<A, Err>> + Send + 'static,
-        Err: Into<BoxError>,
-    {
-        Self::from_source(discover::boxed(get_address))
+    /// A layer whose connections go to the address `source` gives: a closure
+    /// `|| async { .. }` returning `Result<A, E>`, or any [`AddressSource`] (see
+    /// [`discovery`](crate::discovery) for the catalogs). It is asked before **every**
+    /// attempt, so a lookup in a catalog or DNS can move the client to another replica when one
+    /// dies. A failed lookup is a failed attempt.
+    pub fn new(source: impl AddressSource<A>) -> Self {
+        Self::from_source(discovery::boxed(source))
     }
 
     /// A layer that always connects to `address`.
@@ -129,7 +125,7 @@ impl<A: Send + 'static> PersistentConnectionLayer<A> {
     where
         A: Clone + Sync,
     {
-        Self::from_source(discover::round_robin(addresses.into_iter().collect()))
+        Self::from_source(discovery::round_robin(addresses.into_iter().collect()))
     }
 
     fn from_source(get_address: GetAddress<A>) -> Self {

@@ -323,7 +323,7 @@ mod bus;
 pub mod classify;
 pub mod close;
 mod command;
-mod discover;
+pub mod discovery;
 mod driver;
 mod error;
 mod event;

@@ -41,7 +41,7 @@ use crate::{
     BoxError,
     close::CloseReason,
     command::Command,
-    discover::GetAddress,
+    discovery::GetAddress,
     error::ConnectError,
     event::Event,
     panic,
