@@ -26,7 +26,10 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{
+    RngExt, SeedableRng,
+    rngs::{StdRng, SysRng},
+};
 
 use crate::error::{ConnectError, InvalidSetting};
 
@@ -365,7 +368,14 @@ impl Backoff {
     pub(crate) fn new(policy: SharedPolicy, jitter: f64, seed: Option<(u64, u64)>) -> Self {
         let rng = match seed {
             Some((seed, index)) => StdRng::seed_from_u64(mix(seed, index)),
-            None => StdRng::from_os_rng(),
+            // The system's random source; should it fail, a seed from the clock still keeps
+            // drivers from retrying in lockstep.
+            None => StdRng::try_from_rng(&mut SysRng).unwrap_or_else(|_| {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_nanos() as u64);
+                StdRng::seed_from_u64(mix(nanos, std::process::id().into()))
+            }),
         };
         Self {
             policy,

@@ -44,7 +44,7 @@ use persistent_connection::{
     observe::Stats,
     retry::{Constant, Exponential, RetryPolicy},
 };
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{RngExt, SeedableRng, rngs::StdRng};
 use tokio::{task::JoinSet, time::Instant};
 use tower::{Service, ServiceExt};
 

@@ -37,7 +37,7 @@ use persistent_connection::{
     Event, PersistentConnection, PersistentConnectionLayer,
     http::{Http2Connection, Http2Connector},
 };
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{RngExt, SeedableRng, rngs::StdRng};
 use support::{Body, get_with_status};
 use tokio::{
     task::JoinHandle,
