@@ -327,6 +327,7 @@ pub mod discovery;
 mod driver;
 mod error;
 mod event;
+pub mod failfast;
 mod handle;
 pub mod health;
 #[cfg(feature = "hyper")]

@@ -61,6 +61,16 @@ impl<S> PersistentConnection<S> {
     pub fn get_mut(&mut self) -> Option<&mut S> {
         self.connection.as_mut()
     }
+
+    /// The layer's server name (for `failfast`'s errors).
+    pub(crate) fn shared_server_name(&self) -> Arc<str> {
+        self.shared.server_name.clone()
+    }
+
+    /// The error of the latest failed attempt (for `failfast`'s errors).
+    pub(crate) fn shared_last_error(&self) -> Option<crate::ConnectError> {
+        self.shared.stats().last_error
+    }
 }
 
 impl<S: Clone> PersistentConnection<S> {
