@@ -94,7 +94,7 @@ pub struct ConnectError {
 #[derive(Clone)]
 enum Inner {
     Cause(Arc<dyn Error + Send + Sync>),
-    Timeout(Duration),
+    Timeout(Duration, &'static str),
     Panic(Arc<str>),
     Closed(Closed),
 }
@@ -121,10 +121,12 @@ impl ConnectError {
         }
     }
 
-    pub(crate) fn timeout(after: Duration) -> Self {
+    /// The connect timeout `after` ran out `during` a step of the attempt ("in address
+    /// discovery", ...).
+    pub(crate) fn timeout(after: Duration, during: &'static str) -> Self {
         Self {
             kind: ConnectErrorKind::Timeout,
-            inner: Inner::Timeout(after),
+            inner: Inner::Timeout(after, during),
         }
     }
 
@@ -160,7 +162,9 @@ impl fmt::Display for ConnectError {
                 write!(f, "health check failed: {cause}")
             }
             (Inner::Cause(cause), _) => write!(f, "connect failed: {cause}"),
-            (Inner::Timeout(after), _) => write!(f, "connect attempt timed out after {after:?}"),
+            (Inner::Timeout(after, during), _) => {
+                write!(f, "connect attempt timed out after {after:?} {during}")
+            }
             (Inner::Panic(message), _) => write!(f, "connect attempt panicked: {message}"),
             (Inner::Closed(closed), _) => fmt::Display::fmt(closed, f),
         }
@@ -181,7 +185,7 @@ impl Error for ConnectError {
         match &self.inner {
             Inner::Cause(cause) => Some(&**cause),
             Inner::Closed(closed) => Some(closed),
-            Inner::Timeout(_) | Inner::Panic(_) => None,
+            Inner::Timeout(..) | Inner::Panic(_) => None,
         }
     }
 }

@@ -429,7 +429,7 @@ async fn a_hanging_connect_fails_at_the_default_timeout_of_20_seconds() {
     assert!(
         recorder
             .names()
-            .contains(&"Failed(connect attempt timed out after 20s)".to_string())
+            .contains(&"Failed(connect attempt timed out after 20s while connecting)".to_string())
     );
     // The timer was armed before the attempt: the next one is at 20 s too.
     assert_eq!(maker.attempt_times(), vec![secs(0), secs(20)]);
@@ -457,7 +457,10 @@ async fn the_connect_timeout_counts_discovery_time() {
         timed(&[
             (0, "Attempting"),
             (3, "Address(a)"),
-            (5, "Failed(connect attempt timed out after 5s)"),
+            (
+                5,
+                "Failed(connect attempt timed out after 5s while connecting)"
+            ),
         ])
     );
     assert_eq!(maker.attempt_times(), vec![secs(3)]);

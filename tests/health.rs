@@ -245,7 +245,7 @@ async fn a_health_check_that_never_finishes_times_out_within_the_connect_timeout
         [(
             secs(5),
             ConnectErrorKind::Timeout,
-            "connect attempt timed out after 5s".to_owned()
+            "connect attempt timed out after 5s in the health check".to_owned()
         )]
     );
     assert_eq!(
@@ -253,7 +253,10 @@ async fn a_health_check_that_never_finishes_times_out_within_the_connect_timeout
         at(&[
             (0, "Attempting"),
             (0, "Address(a)"),
-            (5, "Failed(connect attempt timed out after 5s)"),
+            (
+                5,
+                "Failed(connect attempt timed out after 5s in the health check)"
+            ),
             (10, "Connected(1)"),
         ])
     );

@@ -269,8 +269,13 @@ impl Model {
             (
                 TIMEOUT,
                 Err(format!(
-                    "connect attempt timed out after {}s",
-                    TIMEOUT / 1000
+                    "connect attempt timed out after {}s {}",
+                    TIMEOUT / 1000,
+                    if in_maker {
+                        "while connecting"
+                    } else {
+                        "in address discovery"
+                    }
                 )),
             )
         } else {
@@ -712,7 +717,7 @@ fn a_script_using_every_operation_follows_the_reference_model() {
         "Connected(2)",
         "Address(b)",
         "Failed(connect failed: reset)",
-        "Failed(connect attempt timed out after 20s)",
+        "Failed(connect attempt timed out after 20s while connecting)",
         "Failed(connect attempt panicked: maker exploded)",
         "Failed(address discovery failed: no replica)",
     ] {

@@ -334,7 +334,7 @@ async fn s02_blackholed_connect_ends_at_the_default_connect_timeout_and_retries(
         events.timed()[2],
         (
             secs(20),
-            "Failed(connect attempt timed out after 20s)".to_string()
+            "Failed(connect attempt timed out after 20s while connecting)".to_string()
         )
     );
     assert_eq!(maker.connections(), 0);
@@ -376,7 +376,10 @@ async fn s03_hanging_handshake_fails_at_the_connect_timeout_and_never_becomes_re
         [
             (secs(0), "Attempting"),
             (secs(0), "Address(a)"),
-            (secs(5), "Failed(connect attempt timed out after 5s)"),
+            (
+                secs(5),
+                "Failed(connect attempt timed out after 5s while connecting)"
+            ),
         ]
         .map(|(t, e)| (t, e.to_string()))
     );
@@ -457,7 +460,7 @@ async fn s10_hanging_discovery_is_bounded_by_the_connect_timeout_and_cancelled_b
         events.timed()[1],
         (
             secs(5),
-            "Failed(connect attempt timed out after 5s)".to_string()
+            "Failed(connect attempt timed out after 5s in address discovery)".to_string()
         )
     );
     assert_eq!(

@@ -737,7 +737,7 @@ fn blackholed_link_ends_each_attempt_at_the_connect_timeout() {
         );
         assert!(
             run.texts_between(failed, failed + ms(1))
-                .contains(&"Failed(Timeout: connect attempt timed out after 1s)"),
+                .contains(&"Failed(Timeout: connect attempt timed out after 1s while connecting)"),
             "seed {seed}: {:#?}",
             run.events
         );
@@ -885,7 +885,7 @@ fn crashed_server_fails_in_flight_requests_and_is_reconnected_after_restart() {
         );
         assert_eq!(
             run.texts_between(disconnected, BOUNCE_AT)[3],
-            "Failed(Timeout: connect attempt timed out after 1s)",
+            "Failed(Timeout: connect attempt timed out after 1s while connecting)",
             "seed {seed}: {:#?}",
             run.events
         );

@@ -33,10 +33,12 @@ pub(super) struct Connection<S> {
 
 /// Runs one step of an attempt, user code that returns a future (`call`, called now), until
 /// `deadline`: a panic (in the call or its future) and the deadline are failed attempts, like
-/// the step's own error, which `error` maps.
+/// the step's own error, which `error` maps. `step` names it in a timeout's message ("in
+/// address discovery").
 pub(super) fn bounded<T, E, F>(
     deadline: Instant,
     timeout: Duration,
+    step: &'static str,
     call: impl FnOnce() -> F,
     error: impl FnOnce(E) -> ConnectError,
 ) -> impl Future<Output = Result<T, ConnectError>>
@@ -47,7 +49,7 @@ where
     async move {
         let future = future.map_err(|panic| ConnectError::panic(&panic))?;
         match timeout_at(deadline, future).await {
-            Err(_elapsed) => Err(ConnectError::timeout(timeout)),
+            Err(_elapsed) => Err(ConnectError::timeout(timeout, step)),
             Ok(Err(panic)) => Err(ConnectError::panic(&panic::message(&*panic))),
             Ok(Ok(result)) => result.map_err(error),
         }
@@ -86,6 +88,7 @@ impl<S> Dialer<S> {
         let connection = bounded(
             deadline,
             self.timeout,
+            "while connecting",
             move || async move {
                 poll_fn(|cx| maker.poll_ready(cx)).await?;
                 maker.call(address).await
@@ -100,6 +103,7 @@ impl<S> Dialer<S> {
             let checked = bounded(
                 deadline,
                 self.timeout,
+                "in the health check",
                 || self.health_check.check(&connection),
                 ConnectError::health_check,
             )

@@ -441,7 +441,17 @@ where
     ) -> impl Future<Output = Result<A, ConnectError>> + Send + 'static + use<A, S> {
         let get_address = self.get_address.clone();
         let timeout = self.settings.connect_timeout;
-        async move { bounded(deadline, timeout, || get_address(), ConnectError::discovery).await }
+        async move {
+            let step = "in address discovery";
+            bounded(
+                deadline,
+                timeout,
+                step,
+                || get_address(),
+                ConnectError::discovery,
+            )
+            .await
+        }
     }
 
     /// Connecting to `address`, bounded by `deadline`, with the maker moved into the future
@@ -674,6 +684,7 @@ where
             let checked = bounded(
                 deadline,
                 limit,
+                "in the health check",
                 || health_check.check(&connection),
                 ConnectError::health_check,
             )
