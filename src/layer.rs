@@ -161,9 +161,26 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
     }
 
     /// The server name, if one was set.
-    #[cfg(feature = "hyper")]
     pub(crate) fn explicit_name(&self) -> Option<&str> {
         self.config.named.then_some(&*self.config.server_name)
+    }
+
+    /// These settings for one replica of a catalog (the replicas adaptor): connections go to
+    /// `address` only, and the server name is `key`, after the layer's own name if it has one
+    /// (`"billing/10.0.0.7:8080"`).
+    pub(crate) fn for_replica(&self, address: A, key: &dyn fmt::Display) -> Self
+    where
+        A: Clone + Send + Sync + 'static,
+    {
+        let mut layer = self.clone();
+        layer.config.get_address = discovery::boxed(move || {
+            std::future::ready(Ok::<_, std::convert::Infallible>(address.clone()))
+        });
+        let name = match self.config.named {
+            true => format!("{}/{key}", self.config.server_name),
+            false => key.to_string(),
+        };
+        layer.server_name(name)
     }
 
     /// The server's name, for logs (the field `persistent_connection_to` of every log line)

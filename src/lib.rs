@@ -340,6 +340,7 @@ mod loom_tests;
 mod metrics;
 pub mod observe;
 mod panic;
+pub mod replicas;
 pub mod retry;
 mod service;
 mod shared;

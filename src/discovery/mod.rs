@@ -11,6 +11,7 @@
 //! | a closure returning a future | none | [`PersistentConnectionLayer::new`]`(|| async { .. })` |
 //! | one fixed address | none | [`PersistentConnectionLayer::fixed_address`] |
 //! | a fixed list, one per attempt | none | [`PersistentConnectionLayer::round_robin`] |
+//! | an in-process catalog | none | [`LocalCatalog`] |
 //!
 //! Any type can be a source by implementing [`AddressSource`]; every closure
 //! `Fn() -> impl Future<Output = Result<A, E>>` already is one.
@@ -31,6 +32,12 @@ use std::{
 };
 
 use crate::BoxError;
+
+mod watch;
+
+pub use self::watch::{Changes, EmptyCatalog, LocalCatalog, fixed_list};
+#[allow(unused_imports)] // for the catalogs of features dns and etcd
+pub(crate) use self::watch::{changes_of, diff};
 
 /// A source of addresses: asked for one before every connection attempt.
 ///
