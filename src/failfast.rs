@@ -118,7 +118,8 @@ impl<S> Diagnose for PersistentConnection<S> {
 /// Each clone keeps its own clock.
 pub struct FailFast<S> {
     inner: S,
-    max_unready: Duration,
+    /// `None`: never fails fast (the balanced client without the setting).
+    max_unready: Option<Duration>,
     /// Set when `inner` is first seen unready, cleared when it is ready.
     unready: Option<Unready>,
 }
@@ -136,7 +137,16 @@ impl<S> FailFast<S> {
     pub fn new(inner: S, max_unready: Duration) -> Self {
         Self {
             inner,
-            max_unready,
+            max_unready: Some(max_unready),
+            unready: None,
+        }
+    }
+
+    /// Wraps `inner` without ever failing fast (so that one type serves both settings).
+    pub(crate) fn never(inner: S) -> Self {
+        Self {
+            inner,
+            max_unready: None,
             unready: None,
         }
     }
@@ -154,7 +164,11 @@ impl<S> FailFast<S> {
 
 impl<S: Clone> Clone for FailFast<S> {
     fn clone(&self) -> Self {
-        Self::new(self.inner.clone(), self.max_unready)
+        Self {
+            inner: self.inner.clone(),
+            max_unready: self.max_unready,
+            unready: None,
+        }
     }
 }
 
@@ -190,7 +204,9 @@ where
             }
             Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
             Poll::Pending => {
-                let max_unready = self.max_unready;
+                let Some(max_unready) = self.max_unready else {
+                    return Poll::Pending;
+                };
                 let unready = self.unready.get_or_insert_with(|| Unready {
                     since: Instant::now(),
                     deadline: Box::pin(tokio::time::sleep(max_unready)),

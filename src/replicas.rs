@@ -14,8 +14,8 @@
 //! its requests in flight ([`PendingRequests`]), tower's power-of-two-choices
 //! [`Balance`] over them, and a cloneable [`Buffer`] in front: a [`BalancedClient`]. It is the
 //! drop-in for tonic's `Channel::balance_channel`, and a tonic client runs over it as over a
-//! `Channel`. Put a [`FailFastLayer`](crate::failfast::FailFastLayer) under a buffer of its
-//! own above it to fail fast when every replica is down.
+//! `Channel`. [`Replicas::fail_fast`] makes it answer at once once no replica has been ready
+//! for a set time.
 //!
 //! # Example
 //!
@@ -58,9 +58,11 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
+    time::Duration,
 };
 
 use futures_util::{Stream, StreamExt};
+use tokio::sync::mpsc;
 use tower::{
     balance::p2c::Balance,
     buffer::Buffer,
@@ -72,15 +74,19 @@ use tower_service::Service;
 
 use crate::{
     BoxError, ConnectError, Handle, PersistentConnection, PersistentConnectionLayer, State,
-    discovery::Changes, failfast::Diagnose,
+    discovery::Changes,
+    failfast::{self, Diagnose, FailFast},
 };
 
 /// One persistent connection per replica of a catalog: a [`Discover`](tower::discover::Discover)
 /// of [`PersistentConnection`]s keyed by the catalog's keys. See the [module](self).
 pub struct Replicas<K, S> {
-    changes: Pin<Box<dyn Stream<Item = Change<K, PersistentConnection<S>>> + Send>>,
+    /// The changes, each listed replica's connection already made (by [`follow`]).
+    changes: mpsc::UnboundedReceiver<Change<K, PersistentConnection<S>>>,
     set: ReplicaSet<K, S>,
     name: Arc<str>,
+    /// The balanced client's fail-fast time, if set.
+    fail_fast: Option<Duration>,
 }
 
 impl<K, S> Replicas<K, S>
@@ -94,7 +100,8 @@ where
     ///
     /// # Panics
     ///
-    /// If polled outside a Tokio runtime: each replica's driver is a Tokio task.
+    /// If called outside a Tokio runtime: a task follows the catalog, and each replica's
+    /// driver is a Tokio task.
     pub fn new<A, E, C, H, M>(
         changes: Changes<K, A>,
         layer: PersistentConnectionLayer<A, E, C, H>,
@@ -112,30 +119,43 @@ where
             handles: Arc::new(Mutex::new(BTreeMap::new())),
         };
         let name = layer.explicit_name().unwrap_or("replicas").into();
-        let handles = set.clone();
-        let changes = changes.map(move |change| match change {
-            Change::Insert(key, address) => {
-                let connection = layer.for_replica(address, &key).layer(maker.clone());
-                tracing::debug!(replica = %key, "replica listed: connecting");
-                handles.insert(key.clone(), connection.handle());
-                Change::Insert(key, connection)
-            }
-            Change::Remove(key) => {
-                tracing::debug!(replica = %key, "replica no longer listed: leaving the balancer");
-                handles.remove(&key);
-                Change::Remove(key)
-            }
+        let runtime = tokio::runtime::Handle::try_current().unwrap_or_else(|_| {
+            panic!(
+                "Replicas::new must be called from within a Tokio runtime: it spawns the task \
+                 that follows the catalog"
+            )
         });
+        // The catalog is followed by a task of its own, so each replica starts connecting as
+        // soon as it is listed, not when the balancer next looks.
+        let (sender, receiver) = mpsc::unbounded_channel();
+        runtime.spawn(follow(changes, set.clone(), sender, move |key, address| {
+            layer.for_replica(address, key).layer(maker.clone())
+        }));
         Self {
-            changes: Box::pin(changes),
+            changes: receiver,
             set,
             name,
+            fail_fast: None,
         }
     }
 
     /// The replicas known now, with a handle to each one's connection.
     pub fn set(&self) -> ReplicaSet<K, S> {
         self.set.clone()
+    }
+
+    /// Makes the [balanced client](Self::balanced) answer requests at once with
+    /// [`Unavailable`](crate::failfast::Unavailable) once no replica has been ready for
+    /// `max_unready` (naming the catalog and carrying a replica's last connect error); before
+    /// that, and by default, requests wait for a replica. See [`failfast`](crate::failfast).
+    ///
+    /// A [`FailFastLayer`](crate::failfast::FailFastLayer) stacked above the balanced client
+    /// would not see the replicas' readiness: the client's buffer is ready whenever it has
+    /// room. So the balanced client takes the setting itself, and puts the fail-fast below its
+    /// buffer, above the balancer (where linkerd2-proxy puts it).
+    pub fn fail_fast(mut self, max_unready: Duration) -> Self {
+        self.fail_fast = Some(max_unready);
+        self
     }
 
     /// The usual balanced client over these replicas: each measured by its requests in flight,
@@ -152,17 +172,72 @@ where
         PersistentResponse<S, Req>: Send + 'static,
         <PersistentConnection<S> as Service<Req>>::Future: Send + 'static,
     {
-        let set = self.set.clone();
-        let name = self.name.clone();
-        let balance = Balance::new(PendingRequestsDiscover::new(
-            self,
-            CompleteOnResponse::default(),
-        ));
-        let boxed = BoxFutures(balance);
-        let set: Arc<dyn Diagnose + Send + Sync> = Arc::new(Diagnosis { set, name });
+        let diagnosis: Arc<dyn Diagnose + Send + Sync> = Arc::new(Diagnosis {
+            set: self.set.clone(),
+            name: self.name.clone(),
+        });
+        let fail_fast = self.fail_fast;
+        let balancer = Balancer {
+            balance: Balance::new(PendingRequestsDiscover::new(
+                self,
+                CompleteOnResponse::default(),
+            )),
+            diagnosis: diagnosis.clone(),
+        };
+        let front = match fail_fast {
+            Some(max_unready) => FailFast::new(balancer, max_unready),
+            None => FailFast::never(balancer),
+        };
         BalancedClient {
-            buffer: Buffer::new(boxed, capacity),
-            diagnosis: set,
+            buffer: Buffer::new(front, capacity),
+            diagnosis,
+        }
+    }
+}
+
+/// Follows `changes`: makes each listed replica's connection at once (`connect`), keeps `set`
+/// up to date, and sends each change on to the balancer; ends when the [`Replicas`] is gone.
+async fn follow<K, A, S>(
+    mut changes: Changes<K, A>,
+    set: ReplicaSet<K, S>,
+    sender: mpsc::UnboundedSender<Change<K, PersistentConnection<S>>>,
+    connect: impl Fn(&K, A) -> PersistentConnection<S>,
+) where
+    K: Ord + Clone + fmt::Display,
+    S: Clone + Send + 'static,
+{
+    loop {
+        let change = tokio::select! {
+            () = sender.closed() => return,
+            change = changes.next() => change,
+        };
+        let change = match change {
+            // A catalog's watch does not end; if one does, its last set stays.
+            None => {
+                sender.closed().await;
+                return;
+            }
+            Some(Change::Insert(key, address)) => {
+                tracing::debug!(replica = %key, "replica listed: connecting");
+                let connection = connect(&key, address);
+                if let Some(replaced) = set.insert(key.clone(), connection.handle()) {
+                    // Its address changed: the old connection closes as a removed one does.
+                    drop(replaced.close());
+                }
+                Change::Insert(key, connection)
+            }
+            Some(Change::Remove(key)) => {
+                tracing::debug!(replica = %key, "replica no longer listed: leaving the balancer");
+                // Closing now (not when the balancer next looks): no new request goes to it,
+                // the requests in flight finish on their own.
+                if let Some(removed) = set.remove(&key) {
+                    drop(removed.close());
+                }
+                Change::Remove(key)
+            }
+        };
+        if sender.send(change).is_err() {
+            return;
         }
     }
 }
@@ -174,10 +249,7 @@ impl<K, S> Stream for Replicas<K, S> {
     type Item = Result<Change<K, PersistentConnection<S>>, Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.changes
-            .as_mut()
-            .poll_next(cx)
-            .map(|change| change.map(Ok))
+        self.changes.poll_recv(cx).map(|change| change.map(Ok))
     }
 }
 
@@ -197,12 +269,12 @@ pub struct ReplicaSet<K, S> {
 }
 
 impl<K: Ord + Clone, S> ReplicaSet<K, S> {
-    fn insert(&self, key: K, handle: Handle<S>) {
-        self.lock().insert(key, handle);
+    fn insert(&self, key: K, handle: Handle<S>) -> Option<Handle<S>> {
+        self.lock().insert(key, handle)
     }
 
-    fn remove(&self, key: &K) {
-        self.lock().remove(key);
+    fn remove(&self, key: &K) -> Option<Handle<S>> {
+        self.lock().remove(key)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<K, Handle<S>>> {
@@ -278,11 +350,14 @@ where
 /// A boxed response future.
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 
-/// Boxes a service's response futures, so [`BalancedClient`]'s type names only the request and
-/// response types.
-struct BoxFutures<T>(T);
+/// The balancer, its response futures boxed (so [`BalancedClient`]'s type names only the
+/// request and response types), and what [`FailFast`] says when it fails fast.
+struct Balancer<T> {
+    balance: T,
+    diagnosis: Arc<dyn Diagnose + Send + Sync>,
+}
 
-impl<T, Req> Service<Req> for BoxFutures<T>
+impl<T, Req> Service<Req> for Balancer<T>
 where
     T: Service<Req, Error = BoxError>,
     T::Future: Send + 'static,
@@ -292,22 +367,35 @@ where
     type Future = BoxFuture<T::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.0.poll_ready(cx)
+        self.balance.poll_ready(cx)
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        Box::pin(self.0.call(request))
+        Box::pin(self.balance.call(request))
     }
 }
+
+impl<T> Diagnose for Balancer<T> {
+    fn server_name(&self) -> Arc<str> {
+        self.diagnosis.server_name()
+    }
+
+    fn last_connect_error(&self) -> Option<ConnectError> {
+        self.diagnosis.last_connect_error()
+    }
+}
+
+/// The future of a [`BalancedClient`]'s response.
+type Front<Resp> = failfast::ResponseFuture<BoxFuture<Resp>>;
 
 /// A balanced client over the replicas of a catalog, made by [`Replicas::balanced`]: cloneable
 /// (clones share the balancer), a `Service<Req>` whose requests go to the least loaded of two
 /// ready replicas picked at random, waiting while none is ready.
 ///
-/// Under a [`FailFastLayer`](crate::failfast::FailFastLayer) it names the catalog and the last
-/// connect error of a replica that is down.
+/// With [`Replicas::fail_fast`], it answers [`Unavailable`](crate::failfast::Unavailable) once
+/// no replica has been ready for the set time.
 pub struct BalancedClient<Req, Resp> {
-    buffer: Buffer<Req, BoxFuture<Resp>>,
+    buffer: Buffer<Req, Front<Resp>>,
     diagnosis: Arc<dyn Diagnose + Send + Sync>,
 }
 
@@ -335,7 +423,7 @@ where
 {
     type Response = Resp;
     type Error = BoxError;
-    type Future = <Buffer<Req, BoxFuture<Resp>> as Service<Req>>::Future;
+    type Future = <Buffer<Req, Front<Resp>> as Service<Req>>::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.buffer.poll_ready(cx)

@@ -425,3 +425,35 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
         )
     }
 }
+
+// === Replicas::http1 ===
+
+impl<K, B> crate::replicas::Replicas<K, Http1Connection<B>>
+where
+    K: Ord + std::hash::Hash + Clone + fmt::Display + Send + Sync + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// [`Replicas::new`](crate::replicas::Replicas::new) over an HTTP/1 `connector`, wired as
+    /// [`PersistentConnectionLayer::http1`] wires it: each replica's close signal is its
+    /// connection's, and, unless the connector has an [origin](Http1Connector::origin), the
+    /// layer's server name is the `Host` of requests that have none, the same for every
+    /// replica.
+    pub fn http1<A, E, C, H>(
+        changes: crate::discovery::Changes<K, A>,
+        layer: PersistentConnectionLayer<A, E, C, H>,
+        mut connector: Http1Connector<B>,
+    ) -> Self
+    where
+        A: Dial + PartialEq + fmt::Debug,
+        E: OnEvent<A, Http1Connection<B>>,
+        H: HealthCheck<Http1Connection<B>>,
+    {
+        let counters = connector.core.wire(layer.explicit_name());
+        let layer = layer
+            .with_request_counters(counters)
+            .close_signal(Http1Connection::closed);
+        Self::new(changes, layer, connector)
+    }
+}

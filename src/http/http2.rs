@@ -777,3 +777,35 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
         )
     }
 }
+
+// === Replicas::http2 ===
+
+impl<K, B> crate::replicas::Replicas<K, Http2Connection<B>>
+where
+    K: Ord + std::hash::Hash + Clone + fmt::Display + Send + Sync + 'static,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// [`Replicas::new`](crate::replicas::Replicas::new) over an HTTP/2 `connector`, wired as
+    /// [`PersistentConnectionLayer::http2`] wires it: each replica's close signal is its
+    /// connection's, and, unless the connector has an [origin](Http2Connector::origin), the
+    /// layer's server name is the authority of path-only requests, the same for every replica
+    /// (a replica's address is not the service's name).
+    pub fn http2<A, E, C, H>(
+        changes: crate::discovery::Changes<K, A>,
+        layer: PersistentConnectionLayer<A, E, C, H>,
+        mut connector: Http2Connector<B>,
+    ) -> Self
+    where
+        A: Dial + PartialEq + fmt::Debug,
+        E: OnEvent<A, Http2Connection<B>>,
+        H: HealthCheck<Http2Connection<B>>,
+    {
+        let counters = connector.core.wire(layer.explicit_name());
+        let layer = layer
+            .with_request_counters(counters)
+            .close_signal(Http2Connection::closed);
+        Self::new(changes, layer, connector)
+    }
+}
