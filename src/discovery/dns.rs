@@ -244,7 +244,7 @@ impl Resolver {
     /// attempt anyway; this one makes a silent name server a failed lookup with a message
     /// naming it, rather than a timed-out attempt.
     ///
-    /// Default is 5 seconds.
+    /// Default is 5 seconds. A zero timeout fails every lookup.
     pub fn query_timeout(self, timeout: Duration) -> Self {
         self.with(|settings| settings.query_timeout = timeout)
     }
@@ -421,7 +421,7 @@ impl Host {
         debug!(
             name = %source.name,
             ?addresses,
-            valid_for = ?valid_until.saturating_duration_since(Instant::now()),
+            valid_for = ?valid_until.map(|until| until.saturating_duration_since(Instant::now())),
             "DNS: A/AAAA answer"
         );
         Ok(Answer::new(addresses, Vec::new(), valid_until))
@@ -456,6 +456,9 @@ impl fmt::Debug for Host {
 /// the SRV records' and their targets' addresses', at least the resolver's
 /// [floor](Resolver::ttl_floor)) has run out. A new answer with other records starts again at
 /// the start of its order. Clones share the answer and the turn.
+///
+/// A target that does not resolve is left out of the answer; when none resolves, the lookup
+/// fails with the kind of the first target's failure, and the message lists each target's.
 ///
 /// [RFC 2782]: https://www.rfc-editor.org/rfc/rfc2782
 #[derive(Clone)]
@@ -589,7 +592,7 @@ impl Srv {
         debug!(
             name = %source.name,
             ?addresses,
-            valid_for = ?valid_until.saturating_duration_since(Instant::now()),
+            valid_for = ?valid_until.map(|until| until.saturating_duration_since(Instant::now())),
             "DNS: SRV answer"
         );
         key.sort_unstable();
@@ -684,7 +687,7 @@ impl Answer {
     fn new(
         addresses: Vec<SocketAddr>,
         mut key: Vec<(u16, u16, SocketAddr)>,
-        valid_until: Instant,
+        valid_until: Option<Instant>,
     ) -> Self {
         if key.is_empty() {
             key = addresses.iter().map(|address| (0, 0, *address)).collect();
@@ -693,7 +696,7 @@ impl Answer {
         Self {
             addresses,
             key,
-            valid_until: Some(valid_until),
+            valid_until,
             next: 0,
         }
     }
@@ -764,9 +767,10 @@ impl Source {
     }
 
     /// When an answer received at `received`, valid until `valid_until` by its TTLs, is
-    /// asked for again: not before the floor.
-    fn keep_until(&self, received: Instant, valid_until: Instant) -> Instant {
-        valid_until.max(received + self.resolver.settings().ttl_floor)
+    /// asked for again: not before the floor (never, for a floor past the clock's range).
+    fn keep_until(&self, received: Instant, valid_until: Instant) -> Option<Instant> {
+        let floor = received.checked_add(self.resolver.settings().ttl_floor)?;
+        Some(valid_until.max(floor))
     }
 
     /// Runs a lookup within the query timeout; maps hickory's errors.
@@ -885,7 +889,7 @@ pub enum DnsErrorKind {
     /// The name does not exist (`NXDOMAIN`).
     NoSuchName,
     /// The name exists but has no records of the type asked for (an empty `NOERROR` answer),
-    /// or, for SRV, none of the targets has an address.
+    /// or has SRV records whose only target is `.` ("no service here").
     NoRecords,
     /// No answer within the [query timeout](Resolver::query_timeout).
     Timeout,
@@ -1040,19 +1044,38 @@ mod tests {
         let now = Instant::now();
         let mut kept = None;
         assert_eq!(
-            keep(&mut kept, Answer::new(vec![a, b], vec![], now)).take_next(),
+            keep(&mut kept, Answer::new(vec![a, b], vec![], Some(now))).take_next(),
             a
         );
         // The same records in another order: the turn goes on.
         assert_eq!(
-            keep(&mut kept, Answer::new(vec![b, a], vec![], now)).take_next(),
+            keep(&mut kept, Answer::new(vec![b, a], vec![], Some(now))).take_next(),
             b
         );
         assert_eq!(kept.as_mut().unwrap().take_next(), a);
         // Other records: from the start.
         assert_eq!(
-            keep(&mut kept, Answer::new(vec![b], vec![], now)).take_next(),
+            keep(&mut kept, Answer::new(vec![b], vec![], Some(now))).take_next(),
             b
         );
+    }
+
+    /// The floor raises a short TTL, leaves a longer one, and a floor past the clock's range
+    /// keeps the answer for ever instead of overflowing.
+    #[test]
+    fn the_floor_raises_short_ttls_only_and_never_overflows() {
+        let resolver = Resolver::with_name_server("127.0.0.1:53".parse().unwrap());
+        let now = Instant::now();
+        let later = now + Duration::from_secs(30);
+        let host = resolver.host("api.example.test", 80);
+        assert_eq!(
+            host.source.keep_until(now, now),
+            Some(now + DEFAULT_TTL_FLOOR)
+        );
+        assert_eq!(host.source.keep_until(now, later), Some(later));
+        let host = resolver
+            .ttl_floor(Duration::MAX)
+            .host("api.example.test", 80);
+        assert_eq!(host.source.keep_until(now, later), None);
     }
 }
