@@ -12,6 +12,7 @@
 //! | one fixed address | none | [`PersistentConnectionLayer::fixed_address`] |
 //! | a fixed list, one per attempt | none | [`PersistentConnectionLayer::round_robin`] |
 //! | an in-process catalog | none | [`LocalCatalog`] |
+//! | DNS: A/AAAA or SRV records | `dns` | [`dns::Resolver`]`::system()?.host("api.example.test", 8080)` |
 //!
 //! Any type can be a source by implementing [`AddressSource`]; every closure
 //! `Fn() -> impl Future<Output = Result<A, E>>` already is one.
@@ -21,6 +22,10 @@
 //! [`PersistentConnectionLayer::new`]: crate::PersistentConnectionLayer::new
 //! [`PersistentConnectionLayer::fixed_address`]: crate::PersistentConnectionLayer::fixed_address
 //! [`PersistentConnectionLayer::round_robin`]: crate::PersistentConnectionLayer::round_robin
+
+#[cfg(feature = "dns")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dns")))]
+pub mod dns;
 
 use std::{
     future::Future,
