@@ -145,7 +145,7 @@ use hickory_resolver::{
     net::{NetError, runtime::TokioRuntimeProvider},
     proto::rr::{Name, RData, RecordType},
 };
-use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
+use rand::{RngExt, seq::SliceRandom};
 use tracing::debug;
 
 use super::AddressSource;
@@ -540,7 +540,7 @@ impl Srv {
         if records.is_empty() {
             return Err(source.error(RecordKind::Srv, DnsErrorKind::NoRecords, None));
         }
-        let ordered = rfc2782_order(records, &mut StdRng::from_os_rng());
+        let ordered = rfc2782_order(records, &mut rand::rng());
 
         // Each target's addresses: from the additional section if the server sent them, else
         // from a lookup of its own (all of those at once).
@@ -621,7 +621,7 @@ impl fmt::Debug for Srv {
 /// RFC 2782's order: by priority, lower first; within a priority, a weighted random order,
 /// where each pick takes a record with a probability proportional to its weight among those
 /// left, and records of weight 0 come last, in random order (as Go's `net.LookupSRV` does).
-fn rfc2782_order(mut records: Vec<SrvRecord>, rng: &mut impl Rng) -> Vec<SrvRecord> {
+fn rfc2782_order(mut records: Vec<SrvRecord>, rng: &mut impl RngExt) -> Vec<SrvRecord> {
     // Random first, so that equal records (and those of weight 0) come in random order.
     records.shuffle(rng);
     records.sort_by_key(|record| record.priority);
