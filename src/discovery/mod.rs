@@ -11,6 +11,7 @@
 //! | a closure returning a future | none | [`PersistentConnectionLayer::new`]`(|| async { .. })` |
 //! | one fixed address | none | [`PersistentConnectionLayer::fixed_address`] |
 //! | a fixed list, one per attempt | none | [`PersistentConnectionLayer::round_robin`] |
+//! | the replicas registered under a key prefix in etcd | `etcd` | [`etcd::Catalog::new`] (servers publish themselves with [`etcd::register`]) |
 //!
 //! Any type can be a source by implementing [`AddressSource`]; every closure
 //! `Fn() -> impl Future<Output = Result<A, E>>` already is one.
@@ -31,6 +32,10 @@ use std::{
 };
 
 use crate::BoxError;
+
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub mod etcd;
 
 /// A source of addresses: asked for one before every connection attempt.
 ///
