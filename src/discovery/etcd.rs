@@ -276,9 +276,11 @@ impl Etcd {
     /// A client for the endpoints. It connects on its first request (and again after the
     /// connection is lost), so this does no I/O; it needs a Tokio runtime.
     async fn client(&self) -> Result<Client, EtcdError> {
+        // No per-request timeout of tonic's: `request` bounds each request, with an error
+        // that says which one timed out. The connect timeout ends a connect that hangs, which
+        // would otherwise hold up the requests after it.
         let options = ConnectOptions::new()
             .with_connect_timeout(self.request_timeout)
-            .with_timeout(self.request_timeout)
             .with_keep_alive(PING_INTERVAL, self.request_timeout);
         self.request(
             || "setting up the client".to_owned(),
