@@ -907,6 +907,16 @@ impl Drop for Registration {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_public_types_can_be_shared_between_threads() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<Catalog>();
+        send_sync::<Registration>();
+        send_sync::<EtcdError>();
+        fn send_future<F: Future + Send + 'static>(_: F) {}
+        let _ = |catalog: Catalog| send_future(async move { catalog.replicas().await });
+    }
+
     fn replicas(keys: &[&str]) -> Vec<(String, String)> {
         keys.iter()
             .map(|key| ((*key).to_owned(), format!("{key}:80")))
