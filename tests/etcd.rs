@@ -8,6 +8,7 @@
 //!   too, and neither comes back (the keep-alive task has ended);
 //! - a replica that dies (its runtime is gone: no revoke): its key lapses within the TTL, and
 //!   the client is on the other replica within the TTL and one retry delay;
+//! - a dead replica still listed costs one failed attempt, then the next replica in turn;
 //! - etcd down for longer than the TTL, then back: the key is there again, under a new lease;
 //! - failures: etcd unreachable, etcd hanging, a prefix without replicas, a value that is not
 //!   an address, bad arguments.
@@ -440,6 +441,55 @@ async fn a_registration_lost_while_etcd_was_down_comes_back_with_a_new_lease() {
         .await
         .expect("deregister");
     assert_eq!(lease_of(&client, &key).await, None);
+}
+
+/// A replica that is listed but dead (its key sorts first; nothing listens on its port) costs
+/// one failed attempt: the next lookup gives the replica after it in turn, and the client
+/// connects there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replica_still_listed_costs_one_failed_attempt() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let mut client = etcd_client(&etcd).await;
+    let dead = format!("127.0.0.1:{}", etcd::free_port());
+    let live = H2Server::start("replica-live").await;
+    let listed = [
+        (format!("{PREFIX}a-dead"), dead.clone()),
+        (format!("{PREFIX}b-live"), live.addr().to_string()),
+    ];
+    for (key, address) in &listed {
+        client
+            .put(key.as_str(), address.as_str(), None)
+            .await
+            .unwrap();
+    }
+    let catalog = Catalog::new([etcd.endpoint()], PREFIX).unwrap();
+    assert_eq!(catalog.replicas().await.unwrap(), listed);
+
+    let (mut svc, mut events) = client_of(&catalog);
+    events.wait_for(connected, SOON).await;
+    assert_eq!(
+        get_ok(&mut svc, "/x").await,
+        "replica-live http://billing/x"
+    );
+    let seen = events.seen();
+    assert_eq!(
+        seen.iter()
+            .map(|event| match event {
+                Ev::Failed(_, kind) => format!("Failed({kind:?})"),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>(),
+        [
+            "Attempting".to_owned(),
+            format!("Address({dead})"),
+            "Failed(Connect)".to_owned(),
+            format!("Address({})", live.addr()),
+            "Connected(0)".to_owned(),
+        ],
+        "{seen:?}"
+    );
 }
 
 /// Nothing listens on etcd's port: each attempt fails in discovery, with a message naming
