@@ -978,6 +978,7 @@ impl Error for SystemConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{SeedableRng, rngs::StdRng};
 
     fn record(priority: u16, weight: u16, target: &str) -> SrvRecord {
         SrvRecord {

@@ -13,6 +13,7 @@
 //! | a fixed list, one per attempt | none | [`PersistentConnectionLayer::round_robin`] |
 //! | an in-process catalog | none | [`LocalCatalog`] |
 //! | DNS: A/AAAA or SRV records | `dns` | [`dns::Resolver`]`::system()?.host("api.example.test", 8080)` |
+//! | the replicas registered under a key prefix in etcd | `etcd` | [`etcd::Catalog::new`] (servers publish themselves with [`etcd::register`]) |
 //!
 //! Any type can be a source by implementing [`AddressSource`]; every closure
 //! `Fn() -> impl Future<Output = Result<A, E>>` already is one.
@@ -43,6 +44,9 @@ mod watch;
 pub use self::watch::{Changes, EmptyCatalog, LocalCatalog, fixed_list};
 #[allow(unused_imports)] // for the catalogs of features dns and etcd
 pub(crate) use self::watch::{changes_of, diff};
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub mod etcd;
 
 /// A source of addresses: asked for one before every connection attempt.
 ///
