@@ -324,6 +324,17 @@ async fn with_every_replica_down_requests_fail_fast_when_the_client_is_set_to() 
     for server in &servers {
         server.kill().await;
     }
+    // Every replica is known down (a request sent before that may go to a dying connection).
+    within(SOON, "every replica to be seen down", async {
+        while set
+            .states()
+            .iter()
+            .any(|(_, state)| *state == State::Connected)
+        {
+            tokio::time::sleep(ms(1)).await;
+        }
+    })
+    .await;
     let start = Instant::now();
     let error = within(
         SOON,

@@ -165,6 +165,9 @@ where
                     responses: AtomicU64::new(0),
                 })
             })?;
+            if let Some(siblings) = &shared.lineage.config.siblings {
+                siblings.join(&shared);
+            }
             Ok(Http1Connection::from_shared(shared))
         })
     }
@@ -451,6 +454,7 @@ where
         H: HealthCheck<Http1Connection<B>>,
     {
         let counters = connector.core.wire(layer.explicit_name());
+        connector.core.replay.siblings = Some(Arc::new(resend::Siblings::new()));
         let layer = layer
             .with_request_counters(counters)
             .close_signal(Http1Connection::closed);

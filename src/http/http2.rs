@@ -450,6 +450,9 @@ where
                     publish: status.clone(),
                 })
             })?;
+            if let Some(siblings) = &self.replay.siblings {
+                siblings.join(&shared);
+            }
             Ok(Http2Connection { send, shared })
         })
     }
@@ -803,6 +806,7 @@ where
         H: HealthCheck<Http2Connection<B>>,
     {
         let counters = connector.core.wire(layer.explicit_name());
+        connector.core.replay.siblings = Some(Arc::new(resend::Siblings::new()));
         let layer = layer
             .with_request_counters(counters)
             .close_signal(Http2Connection::closed);

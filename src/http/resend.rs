@@ -53,6 +53,9 @@ pub(crate) struct ReplayConfig {
     pub(crate) max_replays: usize,
     pub(crate) max_body: usize,
     pub(crate) counters: Arc<RequestCounters>,
+    /// The connections of the other replicas of the same service (the connectors of one
+    /// `Replicas`), where a request one replica could not send may go instead.
+    pub(crate) siblings: Option<Arc<Siblings>>,
 }
 
 impl ReplayConfig {
@@ -61,7 +64,64 @@ impl ReplayConfig {
             max_replays: MAX_REPLAYS,
             max_body: MAX_REPLAY_BODY,
             counters: Arc::new(RequestCounters::default()),
+            siblings: None,
         }
+    }
+}
+
+// === the connections of the other replicas ===
+
+/// The live connections of the replicas of one service (each replica's connector is a clone of
+/// one connector, so they share this). A request a replica's connection could not send, and
+/// that the server provably never processed, goes to another replica's connection that takes
+/// requests rather than wait for its own replica's next connection, which may be long in
+/// coming when the replica is down. Type-erased, as the connections' type is the connector's.
+pub(crate) struct Siblings {
+    connections: std::sync::Mutex<Vec<Weak<dyn std::any::Any + Send + Sync>>>,
+    /// Bumped when a connection joins.
+    joined: watch::Sender<u64>,
+}
+
+impl Siblings {
+    pub(crate) fn new() -> Self {
+        Self {
+            connections: std::sync::Mutex::new(Vec::new()),
+            joined: watch::Sender::new(0),
+        }
+    }
+
+    /// Lists `connection` (once its connector has made it).
+    pub(crate) fn join<C: Send + Sync + 'static>(&self, connection: &Arc<C>) {
+        let weak: Weak<dyn std::any::Any + Send + Sync> = Arc::downgrade(connection) as _;
+        let mut connections = self.lock();
+        connections.retain(|connection| connection.strong_count() > 0);
+        connections.push(weak);
+        drop(connections);
+        self.joined.send_modify(|joined| *joined += 1);
+    }
+
+    /// The newest listed connection that takes requests, other than `failed`.
+    fn other<C: Resend>(&self, failed: &Weak<C>) -> Option<Arc<C>> {
+        let connections = self.lock();
+        connections.iter().rev().find_map(|connection| {
+            let connection = connection.upgrade()?.downcast::<C>().ok()?;
+            let other = !std::ptr::eq(Arc::as_ptr(&connection), failed.as_ptr());
+            (other && !connection.refuses_new()).then_some(connection)
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<dyn std::any::Any + Send + Sync>>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl fmt::Debug for Siblings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Siblings")
+            .field("connections", &self.lock().len())
+            .finish()
     }
 }
 
@@ -132,21 +192,44 @@ pub(crate) trait Resend: Send + Sync + Sized + 'static {
     ) -> impl Future<Output = Result<Response<Incoming>, Failure<Self::Body>>> + Send;
 }
 
-/// Waits for a connection newer than number `after` that takes requests; `None` once the
-/// connector is gone.
+/// Waits for a connection newer than number `after` that takes requests, or, with
+/// `siblings`, another replica's connection that takes requests (other than `failed`),
+/// whichever comes first; `None` once the connector is gone.
 async fn next_connection<C: Resend>(
     latest: &mut watch::Receiver<Latest<C>>,
     mut after: u64,
+    siblings: Option<&Siblings>,
+    failed: &Weak<C>,
 ) -> Option<Arc<C>> {
     loop {
-        let (number, connection) = {
-            let latest = latest.wait_for(|latest| latest.number > after).await.ok()?;
-            (latest.number, latest.connection.clone())
+        let mut joined = siblings.map(|siblings| siblings.joined.subscribe());
+        if let Some(other) = siblings.and_then(|siblings| siblings.other(failed)) {
+            return Some(other);
+        }
+        let sibling_joined = async {
+            match &mut joined {
+                Some(joined) => {
+                    if joined.changed().await.is_err() {
+                        pending::<()>().await;
+                    }
+                }
+                None => pending::<()>().await,
+            }
         };
-        match connection.upgrade() {
-            Some(connection) if !connection.refuses_new() => return Some(connection),
-            // Gone or closing already: wait for the one after it.
-            _ => after = number,
+        let newer = async {
+            let latest = latest.wait_for(|latest| latest.number > after).await.ok()?;
+            Some((latest.number, latest.connection.clone()))
+        };
+        tokio::select! {
+            newer = newer => {
+                let (number, connection) = newer?;
+                match connection.upgrade() {
+                    Some(connection) if !connection.refuses_new() => return Some(connection),
+                    // Gone or closing already: wait for the one after it.
+                    _ => after = number,
+                }
+            }
+            () = sibling_joined => {}
         }
     }
 }
@@ -425,6 +508,7 @@ pub(crate) async fn recover<C>(
     mut number: u64,
     mut latest: watch::Receiver<Latest<C>>,
     config: Arc<ReplayConfig>,
+    mut failed: Weak<C>,
 ) -> Result<Response<Incoming>, BoxError>
 where
     C: Resend,
@@ -464,7 +548,8 @@ where
             Refusal::RefusedStream => number.saturating_sub(1),
             _ => number,
         };
-        let Some(next) = next_connection(&mut latest, after).await else {
+        let siblings = config.siblings.as_deref();
+        let Some(next) = next_connection(&mut latest, after, siblings, &failed).await else {
             return not_processed(Why::ConnectorGone, failure.error);
         };
         replays += 1;
@@ -477,7 +562,11 @@ where
             replay = replays,
             "the server did not process the request: sending it again on the next connection",
         );
+        // Should it fail too, what comes next is relative to the connection it was sent on
+        // (another replica's, perhaps).
         number = next.lineage().number;
+        latest = next.lineage().latest.clone();
+        failed = Arc::downgrade(&next);
         match next.send(request).await {
             Ok(response) => return Ok(response),
             Err(next_failure) => failure = next_failure,
@@ -501,8 +590,9 @@ pub(crate) async fn or_recover<C: Resend>(
                 lineage.latest.clone(),
                 lineage.config.clone(),
             );
+            let failed = Arc::downgrade(&connection);
             drop(connection);
-            recover(failure, kept, number, latest, config).await
+            recover(failure, kept, number, latest, config, failed).await
         }
     }
 }
@@ -595,6 +685,102 @@ mod tests {
     };
 
     use super::*;
+
+    /// A connection of a test: it only has a lineage, and takes requests or not.
+    struct Fake {
+        lineage: Lineage<Self>,
+        refuses: bool,
+    }
+
+    impl Resend for Fake {
+        type Body = Empty<Bytes>;
+
+        fn lineage(&self) -> &Lineage<Self> {
+            &self.lineage
+        }
+
+        fn refuses_new(&self) -> bool {
+            self.refuses
+        }
+
+        #[allow(clippy::manual_async_fn)]
+        fn send(
+            self: Arc<Self>,
+            _: Request<ReplayBody<Empty<Bytes>>>,
+        ) -> impl Future<Output = Result<Response<Incoming>, Failure<Empty<Bytes>>>> + Send
+        {
+            async { Err(Failure::stranded()) }
+        }
+    }
+
+    /// One connector's first connection, with `siblings`.
+    fn fake(siblings: &Arc<Siblings>, refuses: bool) -> (Arc<Fake>, Newest<Fake>) {
+        let newest = newest();
+        let config = Arc::new(ReplayConfig {
+            siblings: Some(siblings.clone()),
+            ..ReplayConfig::new()
+        });
+        let receiver = newest.subscribe();
+        let connection = publish(&newest, |number| {
+            Arc::new(Fake {
+                lineage: Lineage {
+                    number,
+                    latest: receiver,
+                    config,
+                },
+                refuses,
+            })
+        })
+        .unwrap();
+        siblings.join(&connection);
+        (connection, newest)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_cannot_send_hands_the_request_to_another_replica() {
+        let siblings = Arc::new(Siblings::new());
+        let (failed, _connector) = fake(&siblings, true);
+        let (other, _other_connector) = fake(&siblings, false);
+        let mut latest = failed.lineage.latest.clone();
+        let next = next_connection(&mut latest, 1, Some(&siblings), &Arc::downgrade(&failed))
+            .await
+            .expect("another replica's connection");
+        assert!(
+            Arc::ptr_eq(&next, &other),
+            "not the failed one, nor its replica's next"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_no_other_replica_connected_the_request_waits_for_the_first_that_connects() {
+        let siblings = Arc::new(Siblings::new());
+        let (failed, _connector) = fake(&siblings, true);
+        // Another replica's connection that refuses new requests is no use.
+        let (_closing, _closing_connector) = fake(&siblings, true);
+        let mut latest = failed.lineage.latest.clone();
+        let weak = Arc::downgrade(&failed);
+        let waiting = next_connection(&mut latest, 1, Some(&siblings), &weak);
+        let mut waiting = std::pin::pin!(waiting);
+        assert!(
+            futures_util::poll!(waiting.as_mut()).is_pending(),
+            "no connection takes requests yet"
+        );
+        let (joined, _joined_connector) = fake(&siblings, false);
+        let next = waiting.await.expect("the replica that connected");
+        assert!(Arc::ptr_eq(&next, &joined));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_siblings_a_request_waits_for_its_own_connectors_next_connection() {
+        let siblings = Arc::new(Siblings::new());
+        let (failed, _connector) = fake(&siblings, true);
+        let (_other, _other_connector) = fake(&siblings, false);
+        let mut latest = failed.lineage.latest.clone();
+        let weak = Arc::downgrade(&failed);
+        let waiting = next_connection(&mut latest, 1, None, &weak);
+        let mut waiting = std::pin::pin!(waiting);
+        assert!(futures_util::poll!(waiting.as_mut()).is_pending());
+    }
 
     fn marked() -> (Request<Empty<Bytes>>, UntakenMark) {
         let mut request = Request::get("http://localhost/")
