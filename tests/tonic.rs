@@ -420,3 +420,56 @@ async fn an_origin_on_the_connector_overrides_the_authority() {
     assert_eq!(server.authorities(), ["health.internal"]);
     close(handle).await;
 }
+
+/// The drop-in for tonic's `balance_channel`: a generated client over the balanced client of
+/// three replicas listed in a catalog. Calls are spread over the replicas, each carries the
+/// logical name as authority, and once a replica dies every later call still succeeds (on the
+/// others), without the client doing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_client_runs_over_the_balanced_client_of_a_catalogs_replicas() {
+    use persistent_connection::{discovery::LocalCatalog, replicas::Replicas};
+
+    let servers: Vec<Server> = (0..3).map(|_| Server::start(bind())).collect();
+    let catalog = LocalCatalog::new();
+    for (n, server) in servers.iter().enumerate() {
+        catalog.insert(format!("replica-{n}"), server.address);
+    }
+    let layer = PersistentConnectionLayer::new(catalog.clone())
+        .server_name(SERVICE)
+        .retry_delay(|| RETRY_DELAY);
+    let replicas = Replicas::http2(catalog.watch(), layer, Http2Connector::<Body>::new());
+    let set = replicas.set();
+    let mut client = HealthClient::new(replicas.balanced(64));
+
+    for _ in 0..60 {
+        let response = timeout(GUARD, client.check(request()))
+            .await
+            .expect("check did not finish")
+            .expect("check failed");
+        assert_eq!(response.into_inner().status(), Status::Serving);
+    }
+    let counts: Vec<usize> = servers.iter().map(|s| s.authorities().len()).collect();
+    println!("calls per replica: {counts:?}");
+    assert_eq!(counts.iter().sum::<usize>(), 60);
+    assert!(counts.iter().all(|&n| n > 0), "every replica took calls: {counts:?}");
+    for server in &servers {
+        assert!(server.authorities().iter().all(|a| a == SERVICE));
+    }
+
+    // Replica 0 dies between two calls: every later call succeeds.
+    let mut servers = servers.into_iter();
+    servers.next().unwrap().kill().await;
+    let others: Vec<Server> = servers.collect();
+    let before: usize = others.iter().map(|s| s.authorities().len()).sum();
+    for n in 0..30 {
+        let response = timeout(GUARD, client.check(request()))
+            .await
+            .expect("check did not finish")
+            .unwrap_or_else(|status| panic!("call {n} after the death failed: {status}"));
+        assert_eq!(response.into_inner().status(), Status::Serving);
+    }
+    let after: usize = others.iter().map(|s| s.authorities().len()).sum();
+    assert_eq!(after - before, 30, "the others took every call");
+    let down = set.handle(&"replica-0".to_owned()).expect("still listed");
+    assert_ne!(down.state(), persistent_connection::State::Connected);
+}
