@@ -451,7 +451,10 @@ async fn a_generated_client_runs_over_the_balanced_client_of_a_catalogs_replicas
     let counts: Vec<usize> = servers.iter().map(|s| s.authorities().len()).collect();
     println!("calls per replica: {counts:?}");
     assert_eq!(counts.iter().sum::<usize>(), 60);
-    assert!(counts.iter().all(|&n| n > 0), "every replica took calls: {counts:?}");
+    assert!(
+        counts.iter().all(|&n| n > 0),
+        "every replica took calls: {counts:?}"
+    );
     for server in &servers {
         assert!(server.authorities().iter().all(|a| a == SERVICE));
     }

@@ -20,6 +20,11 @@
 //! looked up on `PATH`, then in `/usr/sbin` and `/usr/local/sbin`.
 #![allow(dead_code, unreachable_pub)]
 
+#[path = "real.rs"]
+mod real;
+
+use real::running_as_root;
+
 use std::{
     fmt::Write as _,
     fs,
@@ -27,7 +32,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicUsize, Ordering},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 /// The domain dnsmasq answers for from its own data only.
@@ -107,27 +112,7 @@ impl Config {
 /// The dnsmasq binary: `$DNSMASQ` when set (none if that is not a file), else `dnsmasq` on
 /// `PATH`, else `/usr/sbin/dnsmasq` or `/usr/local/sbin/dnsmasq`.
 pub fn binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("DNSMASQ") {
-        let path = PathBuf::from(path);
-        return path.is_file().then_some(path);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|dir| dir.join("dnsmasq"))
-        .find(|candidate| candidate.is_file())
-}
-
-/// Whether this process runs as root (effective uid 0, from `/proc/self/status`).
-fn running_as_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|line| line.starts_with("Uid:"))?;
-            let effective = line.split_whitespace().nth(2)?;
-            Some(effective == "0")
-        })
-        .unwrap_or(false)
+    real::binary("DNSMASQ", "dnsmasq", &["/usr/sbin", "/usr/local/sbin"])
 }
 
 /// A port of 127.0.0.1 free for both UDP and TCP (bound to each, then released).
@@ -140,22 +125,6 @@ fn free_port() -> u16 {
         }
     }
     panic!("no port of 127.0.0.1 free for both UDP and TCP in 100 tries");
-}
-
-/// A new empty directory under the system's temp dir.
-fn temp_dir() -> PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|t| t.subsec_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "persistent-connection-dnsmasq-{}-{}-{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    fs::create_dir_all(&dir).expect("create dnsmasq's temp dir");
-    dir
 }
 
 /// A DNS query for `name`'s A records, with id `id`.
@@ -192,19 +161,12 @@ impl Dnsmasq {
     /// If dnsmasq is missing while required, or does not start (its log is printed).
     pub async fn start(config: Config) -> Option<Self> {
         let Some(binary) = binary() else {
-            if std::env::var("REQUIRE_REAL_SERVERS").is_ok_and(|v| v == "1") {
-                panic!(
-                    "dnsmasq not installed, and REQUIRE_REAL_SERVERS=1: install the Debian \
-                     package dnsmasq-base (apt-get install dnsmasq-base), or set \
-                     DNSMASQ=/path/to/dnsmasq"
-                );
-            }
-            println!("skipped: dnsmasq not installed (Debian package dnsmasq-base)");
+            real::missing("dnsmasq", "dnsmasq-base", "DNSMASQ");
             return None;
         };
         let mut dnsmasq = Self {
             binary,
-            dir: temp_dir(),
+            dir: real::temp_dir("dnsmasq"),
             config,
             port: 0,
             child: None,

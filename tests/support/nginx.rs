@@ -18,14 +18,18 @@
 //! HTTP/2 too by `keepalive_requests` / `keepalive_timeout`.
 #![allow(dead_code, unreachable_pub)]
 
+#[path = "real.rs"]
+mod real;
+
+use real::{free_port, running_as_root};
+
 use std::{
     fmt::Write as _,
     fs,
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicUsize, Ordering},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 /// How long nginx may take to accept connections after it was started.
@@ -112,53 +116,16 @@ impl Config {
     }
 }
 
-/// Whether this process runs as root (effective uid 0, from `/proc/self/status`).
-fn running_as_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|line| line.starts_with("Uid:"))?;
-            let effective = line.split_whitespace().nth(2)?;
-            Some(effective == "0")
-        })
-        .unwrap_or(false)
-}
-
 /// The nginx binary: `$NGINX` when set (none if that is not a file), else `nginx` on `PATH`,
 /// else `/usr/sbin/nginx` or `/usr/local/sbin/nginx`.
 pub fn binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("NGINX") {
-        let path = PathBuf::from(path);
-        return path.is_file().then_some(path);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|dir| dir.join("nginx"))
-        .find(|candidate| candidate.is_file())
+    real::binary("NGINX", "nginx", &["/usr/sbin", "/usr/local/sbin"])
 }
 
-/// A free port on 127.0.0.1 (bound to port 0, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
-/// A new empty directory under the system's temp dir.
+/// A new empty directory for nginx, with its `logs` folder.
 fn temp_dir() -> PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|t| t.subsec_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "persistent-connection-nginx-{}-{}-{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    fs::create_dir_all(dir.join("logs")).expect("create nginx's temp dir");
+    let dir = real::temp_dir("nginx");
+    fs::create_dir_all(dir.join("logs")).expect("create nginx's logs dir");
     dir
 }
 
@@ -182,13 +149,7 @@ impl Nginx {
     /// If nginx is missing while required, or does not start (its error log is printed).
     pub async fn start(config: Config) -> Option<Self> {
         let Some(binary) = binary() else {
-            if std::env::var("REQUIRE_REAL_SERVERS").is_ok_and(|v| v == "1") {
-                panic!(
-                    "nginx not installed, and REQUIRE_REAL_SERVERS=1: install the Debian \
-                     package nginx (apt-get install nginx), or set NGINX=/path/to/nginx"
-                );
-            }
-            println!("skipped: nginx not installed (Debian package nginx)");
+            real::missing("nginx", "nginx", "NGINX");
             return None;
         };
         let mut nginx = Self {
