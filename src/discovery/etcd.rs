@@ -57,6 +57,43 @@
 //! # let _ = (server, client);
 //! ```
 //!
+//! # Watching: one connection per replica
+//!
+//! [`Catalog::watch`] follows the prefix with an etcd watch: a stream of
+//! [`Change`]s (a [`Changes`]`<String, String>`, keyed by the etcd
+//! key, the address as value) that starts with the replicas registered now and then sends each
+//! registration, deregistration and lapsed lease. It is what
+//! [`replicas::Replicas`](crate::replicas::Replicas) takes to keep one persistent connection
+//! per replica behind a balancer:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use bytes::Bytes;
+//! use http_body_util::Empty;
+//! use persistent_connection::{
+//!     BoxError, PersistentConnectionLayer, discovery::etcd::Catalog, http::Http2Connector,
+//!     replicas::Replicas,
+//! };
+//! use tower::ServiceExt;
+//!
+//! # async fn client() -> Result<(), BoxError> {
+//! let catalog = Catalog::new(["127.0.0.1:2379"], "/services/billing/")?;
+//! let layer = PersistentConnectionLayer::new(catalog.clone())
+//!     .server_name("billing")
+//!     .retry_delay(|| Duration::from_secs(1));
+//! let billing = Replicas::http2(catalog.watch(), layer, Http2Connector::new()).balanced(64);
+//! let request = http::Request::get("/invoices").body(Empty::<Bytes>::new())?;
+//! let response = billing.oneshot(request).await?;
+//! # let _ = response;
+//! # Ok(()) }
+//! ```
+//!
+//! The watch never ends and never fails: while etcd cannot be reached it keeps the replicas it
+//! knows, and once it is back it resumes after the last revision it saw, so that no change is
+//! lost or sent twice (or, if etcd compacted its history meanwhile, it reads the prefix again
+//! and sends the difference). See [`Catalog::watch`] and [`Catalog::watch_retry_policy`].
+//!
 //! # Failures
 //!
 //! The catalog connects to etcd lazily, on its first lookup, so an etcd that is down when the
