@@ -87,6 +87,7 @@
 //! let response = billing.oneshot(request).await?;
 //! # let _ = response;
 //! # Ok(()) }
+//! # let _ = client;
 //! ```
 //!
 //! The watch never ends and never fails: while etcd cannot be reached it keeps the replicas it
@@ -701,6 +702,7 @@ impl Catalog {
     ///     }
     /// }
     /// # Ok(()) }
+    /// # let _ = run;
     /// ```
     ///
     /// [`Replicas`]: crate::replicas::Replicas
