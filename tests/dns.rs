@@ -794,8 +794,7 @@ fn recording_policy() -> (
 /// failures in a row). Started again without the name (`NXDOMAIN`), the name lists no address:
 /// every address is removed. With the name back, its address is inserted again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_watch_follows_the_records_keeps_them_while_the_server_is_down_and_empties_on_nxdomain()
- {
+async fn a_host_watch_follows_the_records_and_empties_only_on_nxdomain() {
     const TTL: u32 = 1;
     let with = |ips: &[&str]| {
         ips.iter()

@@ -24,7 +24,9 @@
 //!   arrive once each, in order; the retry policy sees the failures in a row, counted again
 //!   from 0 after the watch was back;
 //! - changes compacted away while the watch was disconnected: the watch sends exactly the
-//!   difference.
+//!   difference;
+//! - etcd silent (every byte dropped): the keep-alive of the connection notices, and the
+//!   watch catches up once etcd is reachable again.
 //!
 //! Real sockets and real time: every wait polls a condition with a bounded deadline, except
 //! where elapsed time is the property (a key kept past its TTL, etcd down past the TTL, a
@@ -1159,4 +1161,76 @@ fn compaction_warnings(logs: &logs::LogRecorder) -> usize {
             record.level == tracing::Level::WARN && record.message.contains("were compacted")
         })
         .count()
+}
+
+/// etcd falls silent (a proxy drops every byte, both ways, as a network partition would):
+/// nothing is sent meanwhile, and the watch notices within the HTTP/2 keep-alive of its
+/// connection (a ping every 10 s, answered within the request timeout, 1 s here), then tries
+/// again. Once etcd is reachable again, the change made meanwhile arrives, once. Figures are
+/// printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_etcd_is_noticed_by_the_keep_alive_and_the_watch_catches_up() {
+    const PING_INTERVAL: Duration = Duration::from_secs(10);
+    const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let proxy = FaultProxy::start(etcd.addr()).await;
+    let mut client = etcd_client(&etcd).await;
+    put(&mut client, "k1", "127.0.0.1:1001").await;
+    let (policy, asked) = recording_policy();
+    let catalog = Catalog::new([proxy.addr().to_string()], PREFIX)
+        .unwrap()
+        .request_timeout(REQUEST_TIMEOUT)
+        .watch_retry_policy(policy);
+    let mut watch = catalog.watch();
+    assert_eq!(
+        next_changes(&mut watch, 1, SOON).await,
+        ["+k1=127.0.0.1:1001"]
+    );
+    put(&mut client, "k0", "127.0.0.1:1000").await;
+    assert_eq!(
+        next_changes(&mut watch, 1, SOON).await,
+        ["+k0=127.0.0.1:1000"],
+        "the watch is open"
+    );
+
+    proxy.set_mode(Mode::Blackhole).await;
+    let silent_at = Instant::now();
+    put(&mut client, "k2", "127.0.0.1:1002").await;
+    let bound = PING_INTERVAL + REQUEST_TIMEOUT + SLACK;
+    let noticed = tokio::select! {
+        change = watch.next() => panic!(
+            "etcd is silent, yet the watch sent {:?}",
+            change.as_ref().map(describe)
+        ),
+        noticed = async {
+            while asked.lock().unwrap().is_empty() {
+                assert!(silent_at.elapsed() < bound, "the watch did not notice within {bound:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            silent_at.elapsed()
+        } => noticed,
+    };
+    println!(
+        "the watch noticed the silence {noticed:?} after it began (ping every {PING_INTERVAL:?})"
+    );
+
+    proxy.set_mode(Mode::Forward).await;
+    let back_at = Instant::now();
+    assert_eq!(
+        next_changes(&mut watch, 1, PING_INTERVAL + REQUEST_TIMEOUT + SLACK).await,
+        ["+k2=127.0.0.1:1002"]
+    );
+    println!(
+        "caught up {:?} after etcd was reachable again; the policy was asked with {:?}",
+        back_at.elapsed(),
+        asked.lock().unwrap()
+    );
+    put(&mut client, "k3", "127.0.0.1:1003").await;
+    assert_eq!(
+        next_changes(&mut watch, 1, SOON).await,
+        ["+k3=127.0.0.1:1003"],
+        "nothing repeated before it"
+    );
 }

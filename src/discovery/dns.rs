@@ -51,7 +51,8 @@
 //! - **A name that does not exist (`NXDOMAIN`) or has no such records (an empty `NOERROR`
 //!   answer) is an empty list**: every address known is removed, as the name server says there
 //!   is none; the watch asks again after the floor (and inserts the addresses once the name
-//!   has some again). For [`Srv`], the same goes when every target is such a name.
+//!   has some again). For [`Srv`], the same goes when every target is such a name (and a
+//!   record whose target is `.`, "no service here", is no record).
 //! - **A failed lookup keeps the addresses known**: no answer within the [query
 //!   timeout](Resolver::query_timeout), a server failure (`SERVFAIL`, `REFUSED`), a name
 //!   server that cannot be reached. Nothing is sent, the failure is logged at `WARN`, and the
@@ -468,8 +469,9 @@ impl Host {
 
     /// The addresses of the name, as they change: what
     /// [`Replicas`](crate::replicas::Replicas) takes to keep one persistent connection per
-    /// address. Each address is its own key. See [Watching](self#watching-one-connection-per-address)
-    /// for when it asks and what a failure does.
+    /// address. Each address is its own key. See
+    /// [Watching](self#watching-one-connection-per-address) for when it asks and what a
+    /// failure does.
     ///
     /// The stream does nothing until it is polled (no task is spawned; dropping it stops it),
     /// and it asks the name servers itself: it neither uses nor changes the answer that
@@ -956,6 +958,7 @@ impl Source {
             name: self.name.clone(),
             reason: format!("{reason} from {}", settings.servers),
             source,
+            no_address: says_no_address(kind),
         }
     }
 
@@ -966,6 +969,7 @@ impl Source {
             name: self.name.clone(),
             reason: format!("invalid name: {reason}"),
             source: None,
+            no_address: false,
         }
     }
 
@@ -987,6 +991,7 @@ impl Source {
         let kind = failures
             .first()
             .map_or(DnsErrorKind::NoRecords, |(_, kind, _)| *kind);
+        let no_address = failures.iter().all(|(_, kind, _)| says_no_address(*kind));
         let source = failures.into_iter().find_map(|(_, _, error)| error);
         DnsError {
             kind,
@@ -998,8 +1003,14 @@ impl Source {
                 settings.servers
             ),
             source,
+            no_address,
         }
     }
+}
+
+/// Whether a failure of `kind` is the name server's word that there is no address.
+fn says_no_address(kind: DnsErrorKind) -> bool {
+    matches!(kind, DnsErrorKind::NoSuchName | DnsErrorKind::NoRecords)
 }
 
 /// Keeps `fresh` in `kept`, unless the kept answer has the same records: then only its expiry
@@ -1124,7 +1135,7 @@ where
         let name = &*self.source.name;
         let records = self.records;
         match error.kind() {
-            DnsErrorKind::NoSuchName | DnsErrorKind::NoRecords => {
+            _ if error.says_no_address() => {
                 self.backoff.succeeded();
                 let floor = self.source.resolver.settings().ttl_floor;
                 self.next = asked
@@ -1238,12 +1249,22 @@ pub struct DnsError {
     name: Arc<str>,
     reason: String,
     source: Option<NetError>,
+    /// Whether the name servers said there is no address (`NXDOMAIN` or no records; for SRV,
+    /// for every target), rather than failing to answer.
+    no_address: bool,
 }
 
 impl DnsError {
     /// What kind of failure this is.
     pub fn kind(&self) -> DnsErrorKind {
         self.kind
+    }
+
+    /// Whether the name servers answered that there is no address, for a watch: the name
+    /// does not exist or has no such records (for SRV: no record, or every target is such a
+    /// name).
+    fn says_no_address(&self) -> bool {
+        self.no_address
     }
 
     /// The name looked up, as given.
@@ -1385,6 +1406,33 @@ mod tests {
             keep(&mut kept, Answer::new(vec![b], vec![], Some(now))).take_next(),
             b
         );
+    }
+
+    /// For a watch, a lookup says there is no address when the name servers said so, for
+    /// SRV of every target; a target that did not answer makes it a failure instead.
+    #[test]
+    fn no_address_only_when_the_servers_say_so_for_every_target() {
+        let resolver = Resolver::with_name_server("127.0.0.1:53".parse().unwrap());
+        let srv = resolver.srv("_http._tcp.example.test");
+        let target = |name: &str| Name::from_str(name).unwrap();
+        let failed = |kinds: &[DnsErrorKind]| {
+            let failures = kinds
+                .iter()
+                .enumerate()
+                .map(|(n, kind)| (target(&format!("t{n}.example.test")), *kind, None))
+                .collect();
+            srv.source.targets_failed(failures).says_no_address()
+        };
+        assert!(failed(&[DnsErrorKind::NoSuchName, DnsErrorKind::NoRecords]));
+        assert!(!failed(&[DnsErrorKind::NoSuchName, DnsErrorKind::Timeout]));
+        assert!(!failed(&[DnsErrorKind::Other]));
+        let source = &srv.source;
+        let error = |kind| source.error(RecordKind::Srv, kind, None).says_no_address();
+        assert!(error(DnsErrorKind::NoSuchName));
+        assert!(error(DnsErrorKind::NoRecords));
+        assert!(!error(DnsErrorKind::Timeout));
+        assert!(!error(DnsErrorKind::Other));
+        assert!(!source.invalid(RecordKind::Srv, "empty").says_no_address());
     }
 
     /// The floor raises a short TTL, leaves a longer one, and a floor past the clock's range

@@ -642,8 +642,10 @@ impl Catalog {
     ///   replica whose value becomes one is removed.
     ///
     /// It never ends and never fails. When the watch breaks (etcd down or unreachable, the
-    /// stream closed), the replicas known stay as they are (nothing is removed), the failure
-    /// is logged at `WARN`, and the watch is opened again after the [retry
+    /// stream closed; an etcd that falls silent is noticed by the HTTP/2 keep-alive of the
+    /// connection, a ping every 10 s answered within the [request
+    /// timeout](Self::request_timeout)), the replicas known stay as they are (nothing is
+    /// removed), the failure is logged at `WARN`, and the watch is opened again after the [retry
     /// delay](Self::watch_retry_policy), from the revision after the last one seen: every
     /// change made meanwhile then arrives, once, in order. If etcd has compacted its history
     /// past that revision meanwhile, the prefix is read again, and the stream sends exactly
