@@ -26,7 +26,9 @@
 //! - changes compacted away while the watch was disconnected: the watch sends exactly the
 //!   difference;
 //! - etcd silent (every byte dropped): the keep-alive of the connection notices, and the
-//!   watch catches up once etcd is reachable again.
+//!   watch catches up once etcd is reachable again;
+//! - under `replicas::Replicas`: a balanced client reaches each registered replica, and a
+//!   deregistered one leaves it.
 //!
 //! Real sockets and real time: every wait polls a condition with a bounded deadline, except
 //! where elapsed time is the property (a key kept past its TTL, etcd down past the TTL, a
@@ -62,6 +64,7 @@ use persistent_connection::{
         etcd::{Catalog, EtcdErrorKind, Registration, register},
     },
     http::{Http2Connection, Http2Connector},
+    replicas::Replicas,
     retry::{RetryContext, policy_fn},
 };
 use support::{Body, Ev, Events, SOON, connected, disconnected, failed, get_ok, recorder};
@@ -1233,4 +1236,54 @@ async fn a_silent_etcd_is_noticed_by_the_keep_alive_and_the_watch_catches_up() {
         ["+k3=127.0.0.1:1003"],
         "nothing repeated before it"
     );
+}
+
+/// The watch under `replicas::Replicas`: a balanced client over the registered replicas
+/// connects to each (both answer within 40 requests); a replica that deregisters leaves the
+/// set, and then every request goes to the other one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balanced_client_over_the_watch_follows_the_registrations() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let (a, b) = (
+        H2Server::start("replica-a").await,
+        H2Server::start("replica-b").await,
+    );
+    let leaving = register_server(&etcd, &a).await;
+    let _staying = register_server(&etcd, &b).await;
+    let catalog = Catalog::new([etcd.endpoint()], PREFIX).unwrap();
+    let layer = PersistentConnectionLayer::new(catalog.clone())
+        .server_name("billing")
+        .retry_delay(|| RETRY_DELAY);
+    let replicas = Replicas::http2(catalog.watch(), layer, Http2Connector::<Body>::new());
+    let set = replicas.set();
+    let mut client = replicas.balanced(64);
+
+    let mut answered = std::collections::BTreeSet::new();
+    for n in 0..40 {
+        answered.insert(replica_of(&get_ok(&mut client, &format!("/{n}")).await));
+        if answered.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        answered.into_iter().collect::<Vec<_>>(),
+        ["replica-a", "replica-b"]
+    );
+
+    let leaving_key = leaving.key().to_owned();
+    leaving.deregister().await.unwrap();
+    let deadline = Instant::now() + SOON;
+    while set.keys().contains(&leaving_key) {
+        assert!(
+            Instant::now() < deadline,
+            "the deregistered replica is still in the set: {set:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in 0..10 {
+        let answer = get_ok(&mut client, &format!("/after/{n}")).await;
+        assert_eq!(replica_of(&answer), "replica-b", "{answer}");
+    }
 }
