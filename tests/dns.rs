@@ -5,7 +5,10 @@
 //! A/AAAA records: connecting and serving, moving with the records once the old answer has
 //! expired, leaving a dead replica on the next attempt. SRV records: priority order, weights,
 //! targets resolved, moving after a restart, the turn through an answer. TTL 0 and the floor.
-//! Every failure: `NXDOMAIN`, no records, a silent name server, an invalid name.
+//! Every failure: `NXDOMAIN`, no records, a silent name server, an invalid name. The watches
+//! (`Host::watch`, `Srv::watch`): lazy, they start with the answer, follow changed records
+//! once the TTL has run out, keep the addresses while the name server is down, and empty on
+//! `NXDOMAIN`.
 #![cfg(feature = "dns")]
 
 #[path = "support/dnsmasq.rs"]
@@ -17,23 +20,27 @@ mod support;
 use std::{
     error::Error as _,
     net::{Ipv6Addr, SocketAddr},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use dnsmasq::{Config, Dnsmasq};
+use futures_util::StreamExt as _;
 use h2server::{ClosingListener, H2Server};
 use persistent_connection::{
     ConnectError, ConnectErrorKind, Event, PersistentConnection, PersistentConnectionLayer,
     discovery::{
-        AddressSource,
+        AddressSource, Changes,
         dns::{DnsError, DnsErrorKind, Resolver},
     },
     http::{Http2Connection, Http2Connector},
+    retry::{RetryContext, policy_fn},
 };
 use support::{
     Body, Ev, SOON, connected, disconnected, failed, get_ok, ms, recorder, secs, within,
 };
 use tokio::{net::UdpSocket, time::Instant};
+use tower::discover::Change;
 
 type Conn = Http2Connection<Body>;
 type Svc = PersistentConnection<Conn>;
@@ -738,4 +745,141 @@ async fn an_empty_name_is_a_clear_failed_attempt_and_no_query() {
     events.wait_for(failed, SOON).await;
     let mut datagram = [0u8; 512];
     assert!(silent.try_recv(&mut datagram).is_err(), "nothing was asked");
+}
+
+// === watch ===
+
+type Watch = Changes<SocketAddr, SocketAddr>;
+
+/// The next `n` changes of `watch` as text (`+address`, `-address`), each within `bound` of
+/// the one before.
+async fn next_changes(watch: &mut Watch, n: usize, bound: Duration) -> Vec<String> {
+    let mut changes = Vec::new();
+    for _ in 0..n {
+        let what = format!("change {} of {n} (after {changes:?})", changes.len() + 1);
+        let change = within(bound, &what, watch.next())
+            .await
+            .expect("a watch never ends");
+        changes.push(match change {
+            Change::Insert(key, address) => {
+                assert_eq!(key, address, "an address is its own key");
+                format!("+{address}")
+            }
+            Change::Remove(key) => format!("-{key}"),
+        });
+    }
+    changes
+}
+
+/// A watch retry policy of 200 ms that records the failures in a row it is asked with.
+fn recording_policy() -> (
+    impl persistent_connection::retry::RetryPolicy,
+    Arc<Mutex<Vec<u32>>>,
+) {
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let policy = policy_fn({
+        let asked = asked.clone();
+        move |context: &RetryContext<'_>| {
+            asked.lock().unwrap().push(context.consecutive_failures());
+            Some(ms(200))
+        }
+    });
+    (policy, asked)
+}
+
+/// A host's watch asks nothing before it is polled; then it starts with the answer, and
+/// follows the records (TTL 1 s) as they change: an address added (insert; the unchanged one
+/// is not sent again), one removed (remove). With the name server stopped, the addresses stay
+/// (nothing is sent for 2.5 s, while the watch asks again after each failure with 0, 1, 2, ...
+/// failures in a row). Started again without the name (`NXDOMAIN`), the name lists no address:
+/// every address is removed. With the name back, its address is inserted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_watch_follows_the_records_and_empties_only_on_nxdomain() {
+    const TTL: u32 = 1;
+    let with = |ips: &[&str]| {
+        ips.iter()
+            .fold(Config::new().ttl(TTL), |config, ip| config.host(NAME, ip))
+    };
+    let Some(mut dns) = Dnsmasq::start(with(&["127.0.0.1"])).await else {
+        return;
+    };
+    let (policy, asked) = recording_policy();
+    let resolver = Resolver::with_name_server(dns.addr())
+        .query_timeout(ms(300))
+        .watch_retry_policy(policy);
+    let mut watch = resolver.host(NAME, 8080).watch();
+    // Time for a task, had one been spawned, to ask: the time is the property.
+    tokio::time::sleep(ms(500)).await;
+    assert_eq!(
+        dns.queries("A", NAME).await,
+        0,
+        "nothing asked before a poll"
+    );
+
+    assert_eq!(next_changes(&mut watch, 1, SOON).await, ["+127.0.0.1:8080"]);
+    dns.reload(&with(&["127.0.0.1", "::1"])).await;
+    let reloaded = Instant::now();
+    assert_eq!(
+        next_changes(&mut watch, 1, secs(u64::from(TTL)) + SOON).await,
+        ["+[::1]:8080"]
+    );
+    println!(
+        "address added: sent {:?} after the reload (TTL {TTL} s)",
+        reloaded.elapsed()
+    );
+    dns.reload(&with(&["::1"])).await;
+    assert_eq!(
+        next_changes(&mut watch, 1, secs(u64::from(TTL)) + SOON).await,
+        ["-127.0.0.1:8080"]
+    );
+
+    dns.stop().await;
+    if let Ok(change) = tokio::time::timeout(ms(2500), watch.next()).await {
+        panic!("the name server is down, yet the watch sent {change:?}");
+    }
+    let failures = asked.lock().unwrap().clone();
+    println!("while the name server was down, the policy was asked with {failures:?}");
+    assert!(failures.len() >= 2, "the watch asked again: {failures:?}");
+    let counted: Vec<u32> = (0..).take(failures.len()).collect();
+    assert_eq!(failures, counted, "failures in a row, counted from 0");
+
+    dns.restart_with(Config::new().ttl(TTL)).await;
+    assert_eq!(
+        next_changes(&mut watch, 1, SOON).await,
+        ["-[::1]:8080"],
+        "NXDOMAIN: the name lists no address"
+    );
+    dns.restart_with(with(&["127.0.0.1"])).await;
+    let back = Instant::now();
+    assert_eq!(
+        next_changes(&mut watch, 1, secs(1) + SOON).await,
+        ["+127.0.0.1:8080"]
+    );
+    println!("name back: sent {:?} after the restart", back.elapsed());
+}
+
+/// An SRV watch starts with the records' addresses (targets resolved, the records' ports),
+/// and sends what a changed answer (TTL 1 s) changes: a record gone (remove), one added
+/// (insert), removals first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_srv_watch_follows_the_records() {
+    let records = |ports: &[u16]| {
+        ports.iter().fold(
+            Config::new().host("t.example.test", "127.0.0.1").ttl(1),
+            |config, port| config.srv(SERVICE, "t.example.test", *port, 1, 1),
+        )
+    };
+    let Some(mut dns) = Dnsmasq::start(records(&[1001, 1002])).await else {
+        return;
+    };
+    let mut watch = Resolver::with_name_server(dns.addr()).srv(SERVICE).watch();
+    assert_eq!(
+        next_changes(&mut watch, 2, SOON).await,
+        ["+127.0.0.1:1001", "+127.0.0.1:1002"]
+    );
+    dns.restart_with(records(&[1002, 1003])).await;
+    assert_eq!(
+        next_changes(&mut watch, 2, secs(1) + SOON).await,
+        ["-127.0.0.1:1001", "+127.0.0.1:1003"]
+    );
 }

@@ -13,13 +13,32 @@
 //! - failures: etcd unreachable, etcd hanging, a prefix without replicas, a value that is not
 //!   an address, bad arguments.
 //!
+//! The watch (`Catalog::watch`), its changes asserted in their exact order:
+//!
+//! - it is lazy (no watcher in etcd before it is polled), starts with the registered
+//!   replicas, then follows registrations, deregistrations, value changes and values that are
+//!   not addresses; dropping it removes its watcher from etcd;
+//! - a replica that dies is removed within its TTL;
+//! - etcd stopped and started again: nothing is removed while it is down, and the changes
+//!   made before the watch could reconnect (a proxy in front of etcd refuses it until then)
+//!   arrive once each, in order; the retry policy sees the failures in a row, counted again
+//!   from 0 after the watch was back;
+//! - changes compacted away while the watch was disconnected: the watch sends exactly the
+//!   difference;
+//! - etcd silent (every byte dropped): the keep-alive of the connection notices, and the
+//!   watch catches up once etcd is reachable again;
+//! - under `replicas::Replicas`: a balanced client reaches each registered replica, and a
+//!   deregistered one leaves it.
+//!
 //! Real sockets and real time: every wait polls a condition with a bounded deadline, except
-//! where elapsed time is the property (a key kept past its TTL, etcd down past the TTL).
-//! Figures are printed; bounds are generous.
+//! where elapsed time is the property (a key kept past its TTL, etcd down past the TTL, a
+//! watch that sends nothing while etcd is down). Figures are printed; bounds are generous.
 #![cfg(feature = "etcd")]
 
 #[path = "support/etcd.rs"]
 mod etcd;
+#[path = "support/fault_proxy.rs"]
+mod fault_proxy;
 #[path = "support/h2server.rs"]
 mod h2server;
 #[path = "support/logs.rs"]
@@ -34,15 +53,23 @@ use std::{
 };
 
 use etcd::Etcd;
-use etcd_client::{Client, GetOptions, LeaseTimeToLiveOptions};
+use etcd_client::{Client, CompactionOptions, GetOptions, LeaseTimeToLiveOptions};
+use fault_proxy::{FaultProxy, Mode};
+use futures_util::StreamExt as _;
 use h2server::H2Server;
 use persistent_connection::{
     ConnectErrorKind, PersistentConnection, PersistentConnectionLayer,
-    discovery::etcd::{Catalog, EtcdErrorKind, Registration, register},
+    discovery::{
+        Changes,
+        etcd::{Catalog, EtcdErrorKind, Registration, register},
+    },
     http::{Http2Connection, Http2Connector},
+    replicas::Replicas,
+    retry::{RetryContext, policy_fn},
 };
 use support::{Body, Ev, Events, SOON, connected, disconnected, failed, get_ok, recorder};
 use tokio::time::Instant;
+use tower::discover::Change;
 
 type Conn = Http2Connection<Body>;
 type Svc = PersistentConnection<Conn>;
@@ -192,6 +219,84 @@ impl Drop for MortalReplica {
             let _ = stop.send(());
         }
     }
+}
+
+/// A change as text, its key without the prefix: `+key=address` or `-key`.
+fn describe(change: &Change<String, String>) -> String {
+    let short = |key: &str| key.strip_prefix(PREFIX).unwrap_or(key).to_owned();
+    match change {
+        Change::Insert(key, address) => format!("+{}={address}", short(key)),
+        Change::Remove(key) => format!("-{}", short(key)),
+    }
+}
+
+/// The next `n` changes of `watch`, each within `bound` of the one before.
+async fn next_changes(
+    watch: &mut Changes<String, String>,
+    n: usize,
+    bound: Duration,
+) -> Vec<String> {
+    let mut changes = Vec::new();
+    for _ in 0..n {
+        let what = format!("change {} of {n} (after {changes:?})", changes.len() + 1);
+        let change = support::within(bound, &what, watch.next()).await;
+        changes.push(describe(&change.expect("a watch never ends")));
+    }
+    changes
+}
+
+/// Asserts that `watch` sends nothing for `period` (the time is the property).
+async fn no_change_for(watch: &mut Changes<String, String>, period: Duration, why: &str) {
+    if let Ok(change) = tokio::time::timeout(period, watch.next()).await {
+        panic!("{why}: the watch sent {:?}", change.as_ref().map(describe));
+    }
+}
+
+/// `key` (under [`PREFIX`]) set to `value`, by a plain client: no lease.
+async fn put(client: &mut Client, key: &str, value: &str) {
+    client
+        .put(format!("{PREFIX}{key}"), value, None)
+        .await
+        .expect("etcd answers a put");
+}
+
+async fn delete(client: &mut Client, key: &str) {
+    client
+        .delete(format!("{PREFIX}{key}"), None)
+        .await
+        .expect("etcd answers a delete");
+}
+
+/// Polls (every 50 ms, at most `bound`) until etcd counts `n` watchers.
+async fn until_watchers(etcd: &Etcd, n: f64, bound: Duration) {
+    let deadline = Instant::now() + bound;
+    loop {
+        let watchers = etcd.metric("etcd_debugging_mvcc_watcher_total");
+        if watchers == Some(n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "etcd counts {watchers:?} watchers, not {n}, after {bound:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A retry policy of 100 ms that records the failures in a row it is asked with.
+fn recording_policy() -> (
+    impl persistent_connection::retry::RetryPolicy,
+    Arc<Mutex<Vec<u32>>>,
+) {
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let policy = policy_fn({
+        let asked = asked.clone();
+        move |context: &RetryContext<'_>| {
+            asked.lock().unwrap().push(context.consecutive_failures());
+            Some(Duration::from_millis(100))
+        }
+    });
+    (policy, asked)
 }
 
 // === tests ===
@@ -732,4 +837,453 @@ async fn bad_arguments_are_clear_errors() {
     println!("{error}");
     assert_eq!(error.kind(), EtcdErrorKind::Request, "{error}");
     assert!(error.to_string().contains("granting a lease"), "{error}");
+}
+
+// === watch ===
+
+/// The watch does nothing before it is polled; it starts with the replicas registered now
+/// (a value that is not an address skipped), then sends, in order: a registration (insert), a
+/// deregistration (remove), a key's value put (insert), the same value put again (nothing), a
+/// changed value (insert), a value that is not an address under a new key (nothing) and in
+/// place of a listed address (remove), a deletion of an unlisted key (nothing); a last put
+/// shows that nothing else came in between. Each skipped value is logged. Dropping the watch
+/// removes its watcher from etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_starts_with_the_registered_replicas_then_follows_each_change() {
+    let logs = logs::LogRecorder::global();
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let mut client = etcd_client(&etcd).await;
+    put(&mut client, "0-junk", "junk").await;
+    let endpoints = [etcd.endpoint()];
+    let a = register(endpoints.clone(), PREFIX, "127.0.0.1:1001", TTL)
+        .await
+        .unwrap();
+    let b = register(endpoints.clone(), PREFIX, "127.0.0.1:1002", TTL)
+        .await
+        .unwrap();
+    let short =
+        |registration: &Registration| registration.key().strip_prefix(PREFIX).unwrap().to_owned();
+    let (a_key, b_key) = (short(&a), short(&b));
+
+    let catalog = Catalog::new(endpoints.clone(), PREFIX).unwrap();
+    let mut watch = catalog.watch();
+    // Time for a task, had one been spawned, to open a watch: the time is the property.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    until_watchers(&etcd, 0.0, SOON).await;
+
+    assert_eq!(
+        next_changes(&mut watch, 2, SOON).await,
+        [
+            format!("+{a_key}=127.0.0.1:1001"),
+            format!("+{b_key}=127.0.0.1:1002")
+        ],
+        "the registered replicas, in key order"
+    );
+    let c = register(endpoints.clone(), PREFIX, "127.0.0.1:1003", TTL)
+        .await
+        .unwrap();
+    let c_key = short(&c);
+    assert_eq!(
+        next_changes(&mut watch, 1, SOON).await,
+        [format!("+{c_key}=127.0.0.1:1003")]
+    );
+    until_watchers(&etcd, 1.0, SOON).await;
+    a.deregister().await.unwrap();
+    assert_eq!(
+        next_changes(&mut watch, 1, SOON).await,
+        [format!("-{a_key}")]
+    );
+
+    put(&mut client, "manual", "127.0.0.1:2001").await;
+    put(&mut client, "manual", "127.0.0.1:2001").await;
+    put(&mut client, "manual", "127.0.0.1:2002").await;
+    put(&mut client, "1-junk", "not an address").await;
+    put(&mut client, "manual", "10.0.0.1").await;
+    delete(&mut client, "1-junk").await;
+    put(&mut client, "sentinel", "127.0.0.1:2003").await;
+    assert_eq!(
+        next_changes(&mut watch, 4, SOON).await,
+        [
+            "+manual=127.0.0.1:2001",
+            "+manual=127.0.0.1:2002",
+            "-manual",
+            "+sentinel=127.0.0.1:2003"
+        ]
+    );
+    for (key, value) in [
+        ("0-junk", "junk"),
+        ("1-junk", "not an address"),
+        ("manual", "10.0.0.1"),
+    ] {
+        let key = format!("{PREFIX}{key}");
+        let warned = logs.records().into_iter().any(|record| {
+            record.level == tracing::Level::WARN
+                && record.field("key") == Some(key.as_str())
+                && record.field("value") == Some(value)
+        });
+        assert!(warned, "no warning naming {key} = {value:?}");
+    }
+
+    drop(watch);
+    until_watchers(&etcd, 0.0, SOON).await;
+    drop((b, c));
+}
+
+/// A replica dies (no revoke): the watch removes it once its lease has lapsed, within the TTL
+/// (plus slack; the figure is printed), and sends nothing else: the next change is a put made
+/// after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replica_leaves_the_watch_within_its_ttl() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let mut replicas = [
+        MortalReplica::start("replica-a", etcd.endpoint()).await,
+        MortalReplica::start("replica-b", etcd.endpoint()).await,
+    ];
+    let mut keyed: Vec<String> = replicas
+        .iter()
+        .map(|r| format!("+{}={}", r.key.strip_prefix(PREFIX).unwrap(), r.addr))
+        .collect();
+    keyed.sort();
+    let catalog = Catalog::new([etcd.endpoint()], PREFIX).unwrap();
+    let mut watch = catalog.watch();
+    assert_eq!(next_changes(&mut watch, 2, SOON).await, keyed);
+
+    let killed_at = Instant::now();
+    replicas[0].kill().await;
+    let removed = next_changes(&mut watch, 1, TTL + SLACK).await;
+    let elapsed = killed_at.elapsed();
+    println!("dead replica removed {elapsed:?} after the kill (TTL {TTL:?})");
+    assert_eq!(
+        removed,
+        [format!(
+            "-{}",
+            replicas[0].key.strip_prefix(PREFIX).unwrap()
+        )]
+    );
+    let mut client = etcd_client(&etcd).await;
+    put(&mut client, "sentinel", "127.0.0.1:2003").await;
+    assert_eq!(
+        next_changes(&mut watch, 1, SOON).await,
+        ["+sentinel=127.0.0.1:2003"]
+    );
+    replicas[1].kill().await;
+}
+
+/// A key put and deleted shows the watch open. etcd stops (the watch reaches it through a
+/// proxy, which refuses it until told otherwise) and starts again with its data: nothing is
+/// removed while it is down (2 s);
+/// the retry policy is asked after each failure with 0, 1, 2, ... failures in a row. Changes
+/// made after the restart, before the watch could reconnect (a put, a value change, a
+/// deletion, a key put and deleted, a value that is not an address, a put of the same value)
+/// arrive once the proxy lets it through: each once, in order, and nothing else (the next
+/// change is a put made after them). The watch broken once more (connection reset) is asked
+/// for with 0 failures again: the count started over once it was back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_keeps_its_replicas_while_etcd_is_down_then_sends_each_change_once() {
+    let Some(mut etcd) = Etcd::start().await else {
+        return;
+    };
+    let proxy = FaultProxy::start(etcd.addr()).await;
+    let mut client = etcd_client(&etcd).await;
+    put(&mut client, "k1", "127.0.0.1:1001").await;
+    put(&mut client, "k2", "127.0.0.1:1002").await;
+    let (policy, asked) = recording_policy();
+    let catalog = Catalog::new([proxy.addr().to_string()], PREFIX)
+        .unwrap()
+        .watch_retry_policy(policy);
+    let mut watch = catalog.watch();
+    assert_eq!(
+        next_changes(&mut watch, 2, SOON).await,
+        ["+k1=127.0.0.1:1001", "+k2=127.0.0.1:1002"]
+    );
+    put(&mut client, "k0", "127.0.0.1:1000").await;
+    delete(&mut client, "k0").await;
+    assert_eq!(
+        next_changes(&mut watch, 2, SOON).await,
+        ["+k0=127.0.0.1:1000", "-k0"],
+        "the watch is open"
+    );
+
+    proxy.set_mode(Mode::Refuse).await;
+    etcd.stop().await;
+    no_change_for(&mut watch, Duration::from_secs(2), "etcd is down").await;
+    let failures = asked.lock().unwrap().clone();
+    println!("while etcd was down, the policy was asked with {failures:?}");
+    assert!(failures.len() >= 2, "the watch retried: {failures:?}");
+    let counted: Vec<u32> = (0..).take(failures.len()).collect();
+    assert_eq!(failures, counted, "failures in a row, counted from 0");
+
+    etcd.start_again().await;
+    let mut client = etcd_client(&etcd).await;
+    put(&mut client, "k3", "127.0.0.1:1003").await;
+    put(&mut client, "k1", "127.0.0.1:1011").await;
+    delete(&mut client, "k2").await;
+    put(&mut client, "k4", "127.0.0.1:1004").await;
+    delete(&mut client, "k4").await;
+    put(&mut client, "k5", "junk").await;
+    put(&mut client, "k1", "127.0.0.1:1011").await;
+    no_change_for(
+        &mut watch,
+        Duration::from_millis(300),
+        "the proxy still refuses",
+    )
+    .await;
+
+    let opened_at = Instant::now();
+    proxy.set_mode(Mode::Forward).await;
+    let caught_up = next_changes(&mut watch, 5, SOON).await;
+    println!(
+        "caught up {:?} after the proxy let the watch through",
+        opened_at.elapsed()
+    );
+    assert_eq!(
+        caught_up,
+        [
+            "+k3=127.0.0.1:1003",
+            "+k1=127.0.0.1:1011",
+            "-k2",
+            "+k4=127.0.0.1:1004",
+            "-k4"
+        ]
+    );
+    put(&mut client, "k6", "127.0.0.1:1006").await;
+    assert_eq!(
+        next_changes(&mut watch, 1, SOON).await,
+        ["+k6=127.0.0.1:1006"],
+        "nothing repeated before it"
+    );
+
+    let asked_before = asked.lock().unwrap().len();
+    proxy.set_mode(Mode::Reset).await;
+    proxy.set_mode(Mode::Forward).await;
+    put(&mut client, "k7", "127.0.0.1:1007").await;
+    assert_eq!(
+        next_changes(&mut watch, 1, SOON).await,
+        ["+k7=127.0.0.1:1007"]
+    );
+    let deadline = Instant::now() + SOON;
+    while asked.lock().unwrap().len() == asked_before {
+        assert!(Instant::now() < deadline, "the reset was not a failure");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after_reset = asked.lock().unwrap()[asked_before];
+    assert_eq!(
+        after_reset, 0,
+        "the count started over once the watch was back"
+    );
+}
+
+/// While the watch is disconnected (etcd stopped, then a proxy refusing it), keys are deleted,
+/// changed, added, added and deleted, made invalid; then etcd compacts its history past them
+/// all. When the watch is let through, it cannot resume (its revision is compacted): it reads
+/// the prefix again and sends exactly the difference (removals, then insertions, each in key
+/// order), says so in the log, and follows the changes after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_whose_history_was_compacted_sends_exactly_the_difference() {
+    let logs = logs::LogRecorder::global();
+    let Some(mut etcd) = Etcd::start().await else {
+        return;
+    };
+    let proxy = FaultProxy::start(etcd.addr()).await;
+    let mut client = etcd_client(&etcd).await;
+    for n in 1..=3 {
+        put(&mut client, &format!("k{n}"), &format!("127.0.0.1:100{n}")).await;
+    }
+    let catalog = Catalog::new([proxy.addr().to_string()], PREFIX)
+        .unwrap()
+        .watch_retry_policy(|| Duration::from_millis(100));
+    let mut watch = catalog.watch();
+    assert_eq!(
+        next_changes(&mut watch, 3, SOON).await,
+        [
+            "+k1=127.0.0.1:1001",
+            "+k2=127.0.0.1:1002",
+            "+k3=127.0.0.1:1003"
+        ]
+    );
+    put(&mut client, "k0", "127.0.0.1:1000").await;
+    assert_eq!(
+        next_changes(&mut watch, 1, SOON).await,
+        ["+k0=127.0.0.1:1000"],
+        "the watch is open"
+    );
+    let compactions_before = compaction_warnings(logs);
+
+    proxy.set_mode(Mode::Refuse).await;
+    etcd.stop().await;
+    no_change_for(&mut watch, Duration::from_secs(1), "etcd is down").await;
+    etcd.start_again().await;
+    let mut client = etcd_client(&etcd).await;
+    delete(&mut client, "k1").await;
+    put(&mut client, "k2", "127.0.0.1:1012").await;
+    put(&mut client, "k4", "127.0.0.1:1004").await;
+    put(&mut client, "k5", "127.0.0.1:1005").await;
+    delete(&mut client, "k5").await;
+    put(&mut client, "k3", "junk").await;
+    let revision = client
+        .get(PREFIX, Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client
+        .compact(revision, Some(CompactionOptions::new().with_physical()))
+        .await
+        .expect("etcd compacts");
+    println!("compacted at revision {revision}");
+
+    proxy.set_mode(Mode::Forward).await;
+    assert_eq!(
+        next_changes(&mut watch, 4, SOON).await,
+        ["-k1", "-k3", "+k2=127.0.0.1:1012", "+k4=127.0.0.1:1004"]
+    );
+    assert_eq!(
+        compaction_warnings(logs),
+        compactions_before + 1,
+        "the watch said it read the prefix again"
+    );
+    put(&mut client, "k6", "127.0.0.1:1006").await;
+    assert_eq!(
+        next_changes(&mut watch, 1, SOON).await,
+        ["+k6=127.0.0.1:1006"],
+        "nothing else, and the watch goes on"
+    );
+}
+
+/// How many warnings of a watch that found its history compacted the log holds (only one
+/// test of this binary compacts).
+fn compaction_warnings(logs: &logs::LogRecorder) -> usize {
+    logs.records()
+        .into_iter()
+        .filter(|record| {
+            record.level == tracing::Level::WARN && record.message.contains("were compacted")
+        })
+        .count()
+}
+
+/// etcd falls silent (a proxy drops every byte, both ways, as a network partition would):
+/// nothing is sent meanwhile, and the watch notices within the HTTP/2 keep-alive of its
+/// connection (a ping every 10 s, answered within the request timeout, 1 s here), then tries
+/// again. Once etcd is reachable again, the change made meanwhile arrives, once. Figures are
+/// printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_etcd_is_noticed_by_the_keep_alive_and_the_watch_catches_up() {
+    const PING_INTERVAL: Duration = Duration::from_secs(10);
+    const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let proxy = FaultProxy::start(etcd.addr()).await;
+    let mut client = etcd_client(&etcd).await;
+    put(&mut client, "k1", "127.0.0.1:1001").await;
+    let (policy, asked) = recording_policy();
+    let catalog = Catalog::new([proxy.addr().to_string()], PREFIX)
+        .unwrap()
+        .request_timeout(REQUEST_TIMEOUT)
+        .watch_retry_policy(policy);
+    let mut watch = catalog.watch();
+    assert_eq!(
+        next_changes(&mut watch, 1, SOON).await,
+        ["+k1=127.0.0.1:1001"]
+    );
+    put(&mut client, "k0", "127.0.0.1:1000").await;
+    assert_eq!(
+        next_changes(&mut watch, 1, SOON).await,
+        ["+k0=127.0.0.1:1000"],
+        "the watch is open"
+    );
+
+    proxy.set_mode(Mode::Blackhole).await;
+    let silent_at = Instant::now();
+    put(&mut client, "k2", "127.0.0.1:1002").await;
+    let bound = PING_INTERVAL + REQUEST_TIMEOUT + SLACK;
+    let noticed = tokio::select! {
+        change = watch.next() => panic!(
+            "etcd is silent, yet the watch sent {:?}",
+            change.as_ref().map(describe)
+        ),
+        noticed = async {
+            while asked.lock().unwrap().is_empty() {
+                assert!(silent_at.elapsed() < bound, "the watch did not notice within {bound:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            silent_at.elapsed()
+        } => noticed,
+    };
+    println!(
+        "the watch noticed the silence {noticed:?} after it began (ping every {PING_INTERVAL:?})"
+    );
+
+    proxy.set_mode(Mode::Forward).await;
+    let back_at = Instant::now();
+    assert_eq!(
+        next_changes(&mut watch, 1, PING_INTERVAL + REQUEST_TIMEOUT + SLACK).await,
+        ["+k2=127.0.0.1:1002"]
+    );
+    println!(
+        "caught up {:?} after etcd was reachable again; the policy was asked with {:?}",
+        back_at.elapsed(),
+        asked.lock().unwrap()
+    );
+    put(&mut client, "k3", "127.0.0.1:1003").await;
+    assert_eq!(
+        next_changes(&mut watch, 1, SOON).await,
+        ["+k3=127.0.0.1:1003"],
+        "nothing repeated before it"
+    );
+}
+
+/// The watch under `replicas::Replicas`: a balanced client over the registered replicas
+/// connects to each (both answer within 40 requests); a replica that deregisters leaves the
+/// set, and then every request goes to the other one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balanced_client_over_the_watch_follows_the_registrations() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let (a, b) = (
+        H2Server::start("replica-a").await,
+        H2Server::start("replica-b").await,
+    );
+    let leaving = register_server(&etcd, &a).await;
+    let _staying = register_server(&etcd, &b).await;
+    let catalog = Catalog::new([etcd.endpoint()], PREFIX).unwrap();
+    let layer = PersistentConnectionLayer::new(catalog.clone())
+        .server_name("billing")
+        .retry_delay(|| RETRY_DELAY);
+    let replicas = Replicas::http2(catalog.watch(), layer, Http2Connector::<Body>::new());
+    let set = replicas.set();
+    let mut client = replicas.balanced(64);
+
+    let mut answered = std::collections::BTreeSet::new();
+    for n in 0..40 {
+        answered.insert(replica_of(&get_ok(&mut client, &format!("/{n}")).await));
+        if answered.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        answered.into_iter().collect::<Vec<_>>(),
+        ["replica-a", "replica-b"]
+    );
+
+    let leaving_key = leaving.key().to_owned();
+    leaving.deregister().await.unwrap();
+    let deadline = Instant::now() + SOON;
+    while set.keys().contains(&leaving_key) {
+        assert!(
+            Instant::now() < deadline,
+            "the deregistered replica is still in the set: {set:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in 0..10 {
+        let answer = get_ok(&mut client, &format!("/after/{n}")).await;
+        assert_eq!(replica_of(&answer), "replica-b", "{answer}");
+    }
 }

@@ -35,6 +35,35 @@
 //!
 //! [`Host::addresses`] and [`Srv::addresses`] give the whole current answer, in that order.
 //!
+//! # Watching: one connection per address
+//!
+//! [`Host::watch`] and [`Srv::watch`] follow the answer: a stream of
+//! [`Change`](tower::discover::Change)s (a [`Changes`]`<SocketAddr, SocketAddr>`, each address
+//! its own key) that starts with an insert per address of the first answer, then sends what
+//! each new answer changes. It is what [`replicas::Replicas`](crate::replicas::Replicas)
+//! takes to keep one persistent connection per address behind a balancer (see
+//! [`Srv::watch`] for an example).
+//!
+//! - **It asks again when the answer expires**: after its TTL, at least the
+//!   [floor](Resolver::ttl_floor), and never sooner than 100 ms after the query before (with a
+//!   floor of zero and records of TTL 0). An answer that gives the same addresses sends
+//!   nothing.
+//! - **A name that does not exist (`NXDOMAIN`) or has no such records (an empty `NOERROR`
+//!   answer) is an empty list**: every address known is removed, as the name server says there
+//!   is none; the watch asks again after the floor (and inserts the addresses once the name
+//!   has some again). For [`Srv`], the same goes when every target is such a name (and a
+//!   record whose target is `.`, "no service here", is no record).
+//! - **A failed lookup keeps the addresses known**: no answer within the [query
+//!   timeout](Resolver::query_timeout), a server failure (`SERVFAIL`, `REFUSED`), a name
+//!   server that cannot be reached. Nothing is sent, the failure is logged at `WARN`, and the
+//!   watch asks again after the delay of its [retry policy](Resolver::watch_retry_policy)
+//!   (default 1 s, growing to 30 s while the failures go on). For [`Srv`], a target whose own
+//!   lookup fails is left out of an answer whose other targets resolve, as for attempts.
+//! - An invalid name is an error in the log, and a watch that sends nothing; a name that is
+//!   an IP address is one insert, and nothing more.
+//!
+//! The watch never ends and never fails.
+//!
 //! # Examples
 //!
 //! An HTTP/2 client of the replicas behind `api.example.test`'s A/AAAA records, on port 8080:
@@ -124,7 +153,7 @@
 //! [`ConnectErrorKind::Discovery`]: crate::ConnectErrorKind::Discovery
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     error::Error,
     fmt,
     future::Future,
@@ -134,7 +163,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::future::{BoxFuture, join_all};
+use futures_util::{
+    future::{BoxFuture, join_all},
+    stream,
+};
 use hickory_resolver::{
     TokioResolver,
     config::{
@@ -148,7 +180,12 @@ use hickory_resolver::{
 use rand::{RngExt, seq::SliceRandom};
 use tracing::debug;
 
-use super::AddressSource;
+use super::{
+    AddressSource, Changes,
+    backoff::{self, WatchBackoff},
+    changes_of,
+};
+use crate::retry::{Exponential, RetryPolicy, SharedPolicy};
 
 /// The default [`Resolver::ttl_floor`].
 const DEFAULT_TTL_FLOOR: Duration = Duration::from_secs(1);
@@ -180,6 +217,8 @@ struct Settings {
     servers: Arc<str>,
     ttl_floor: Duration,
     query_timeout: Duration,
+    /// The retry delay of a watch after a failed lookup.
+    watch_retry: SharedPolicy,
 }
 
 impl Resolver {
@@ -199,6 +238,7 @@ impl Resolver {
             servers,
             ttl_floor: DEFAULT_TTL_FLOOR,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
+            watch_retry: backoff::shared(default_watch_retry()),
         }))
     }
 
@@ -225,6 +265,7 @@ impl Resolver {
             servers: Arc::from(server.to_string()),
             ttl_floor: DEFAULT_TTL_FLOOR,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
+            watch_retry: backoff::shared(default_watch_retry()),
         })
     }
 
@@ -247,6 +288,39 @@ impl Resolver {
     /// Default is 5 seconds. A zero timeout fails every lookup.
     pub fn query_timeout(self, timeout: Duration) -> Self {
         self.with(|settings| settings.query_timeout = timeout)
+    }
+
+    /// The delay before a [watch](Host::watch) asks again after a failed lookup: no answer
+    /// within the [query timeout](Self::query_timeout), a server failure (`SERVFAIL`,
+    /// `REFUSED`), a name server that cannot be reached. (An answer that the name does not
+    /// exist, or has no records, is no failure: it is an empty list, asked for again after
+    /// the [floor](Self::ttl_floor).)
+    ///
+    /// The policy is asked after each failure, with the failures in a row in its
+    /// [`RetryContext`](crate::retry::RetryContext) counted as the layer's driver counts
+    /// them: after the first failure it is asked for 0 failures (so the first retry waits an
+    /// [`Exponential`]'s initial delay), after the second for 1, and so on; the count starts
+    /// over at the next answer. The delay is used as is, without jitter, clamped to
+    /// [`MAX_RETRY_DELAY`](crate::retry::MAX_RETRY_DELAY). A policy that gives up (`None`)
+    /// stops the lookups: the watch keeps its last known addresses and sends nothing more (it
+    /// does not end), with an error in the log.
+    ///
+    /// Default: `Exponential::new(1 s, 1.6, 30 s)`: the shape of [`Exponential::grpc`], with
+    /// a first retry after the default floor of 1 s and a cap of 30 s, so that a name server
+    /// back after an outage is followed again within 30 s. It does not apply to lookups for
+    /// connection attempts, which follow the layer's retry policy.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use persistent_connection::{discovery::dns::Resolver, retry::Constant};
+    ///
+    /// let resolver = Resolver::with_name_server("127.0.0.1:8600".parse().unwrap())
+    ///     .watch_retry_policy(Constant::new(Duration::from_secs(2)));
+    /// # let _ = resolver;
+    /// ```
+    pub fn watch_retry_policy(self, policy: impl RetryPolicy) -> Self {
+        let policy = backoff::shared(policy);
+        self.with(|settings| settings.watch_retry = policy)
     }
 
     /// An address source for `name`'s A and AAAA records, each address with `port`.
@@ -393,6 +467,43 @@ impl Host {
         &self.source.name
     }
 
+    /// The addresses of the name, as they change: what
+    /// [`Replicas`](crate::replicas::Replicas) takes to keep one persistent connection per
+    /// address. Each address is its own key. See
+    /// [Watching](self#watching-one-connection-per-address) for when it asks and what a
+    /// failure does.
+    ///
+    /// The stream does nothing until it is polled (no task is spawned; dropping it stops it),
+    /// and it asks the name servers itself: it neither uses nor changes the answer that
+    /// attempts take their addresses from.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use futures_util::StreamExt;
+    /// use persistent_connection::discovery::dns::Resolver;
+    /// use tower::discover::Change;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), persistent_connection::BoxError> {
+    /// let host = Resolver::system()?.host("api.example.test", 8080);
+    /// let mut changes = host.watch();
+    /// while let Some(change) = changes.next().await {
+    ///     match change {
+    ///         Change::Insert(address, _) => println!("{address} listed"),
+    ///         Change::Remove(address) => println!("{address} gone"),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn watch(&self) -> Changes<SocketAddr, SocketAddr> {
+        let host = self.clone();
+        watch_answers(self.source.clone(), RecordKind::Host, move || {
+            let host = host.clone();
+            async move { host.lookup().await }
+        })
+    }
+
     async fn next_address(self) -> Result<SocketAddr, DnsError> {
         self.source.next_address(|| self.lookup()).await
     }
@@ -489,6 +600,49 @@ impl Srv {
     /// The name looked up.
     pub fn name(&self) -> &str {
         &self.source.name
+    }
+
+    /// The addresses of the SRV records' targets, with the records' ports, as they change:
+    /// what [`Replicas`](crate::replicas::Replicas) takes to keep one persistent connection
+    /// per address. Each address is its own key (the order of the records, which attempts
+    /// follow, is no part of it). See
+    /// [Watching](self#watching-one-connection-per-address) for when it asks and what a
+    /// failure does.
+    ///
+    /// The stream does nothing until it is polled (no task is spawned; dropping it stops it),
+    /// and it asks the name servers itself: it neither uses nor changes the answer that
+    /// attempts take their addresses from.
+    ///
+    /// # Example
+    ///
+    /// One persistent HTTP/2 connection per address of a service, balanced:
+    ///
+    /// ```no_run
+    /// use bytes::Bytes;
+    /// use http_body_util::Empty;
+    /// use persistent_connection::{
+    ///     BoxError, PersistentConnectionLayer, discovery::dns::Resolver, http::Http2Connector,
+    ///     replicas::Replicas,
+    /// };
+    /// use tower::ServiceExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), BoxError> {
+    /// let srv = Resolver::system()?.srv("_http._tcp.api.example.test");
+    /// let layer = PersistentConnectionLayer::new(srv.clone()).server_name("api");
+    /// let client = Replicas::http2(srv.watch(), layer, Http2Connector::new()).balanced(64);
+    ///
+    /// let request = http::Request::get("/hello").body(Empty::<Bytes>::new())?;
+    /// let response = client.oneshot(request).await?;
+    /// # let _ = response;
+    /// # Ok(()) }
+    /// ```
+    pub fn watch(&self) -> Changes<SocketAddr, SocketAddr> {
+        let srv = self.clone();
+        watch_answers(self.source.clone(), RecordKind::Srv, move || {
+            let srv = srv.clone();
+            async move { srv.lookup().await }
+        })
     }
 
     async fn next_address(self) -> Result<SocketAddr, DnsError> {
@@ -804,6 +958,7 @@ impl Source {
             name: self.name.clone(),
             reason: format!("{reason} from {}", settings.servers),
             source,
+            no_address: says_no_address(kind),
         }
     }
 
@@ -814,6 +969,7 @@ impl Source {
             name: self.name.clone(),
             reason: format!("invalid name: {reason}"),
             source: None,
+            no_address: false,
         }
     }
 
@@ -835,6 +991,7 @@ impl Source {
         let kind = failures
             .first()
             .map_or(DnsErrorKind::NoRecords, |(_, kind, _)| *kind);
+        let no_address = failures.iter().all(|(_, kind, _)| says_no_address(*kind));
         let source = failures.into_iter().find_map(|(_, _, error)| error);
         DnsError {
             kind,
@@ -846,8 +1003,14 @@ impl Source {
                 settings.servers
             ),
             source,
+            no_address,
         }
     }
+}
+
+/// Whether a failure of `kind` is the name server's word that there is no address.
+fn says_no_address(kind: DnsErrorKind) -> bool {
+    matches!(kind, DnsErrorKind::NoSuchName | DnsErrorKind::NoRecords)
 }
 
 /// Keeps `fresh` in `kept`, unless the kept answer has the same records: then only its expiry
@@ -860,6 +1023,180 @@ fn keep(kept: &mut Option<Answer>, fresh: Answer) -> &mut Answer {
         _ => *kept = Some(fresh),
     }
     kept.as_mut().expect("an answer was just kept")
+}
+
+// === watch ===
+
+/// The least time between two queries of a watch, whatever the TTL and the floor.
+const WATCH_MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The default [`Resolver::watch_retry_policy`].
+fn default_watch_retry() -> Exponential {
+    Exponential::new(Duration::from_secs(1), 1.6, Duration::from_secs(30))
+}
+
+/// When a watch asks next.
+#[derive(Clone, Copy, Debug)]
+enum NextQuery {
+    Now,
+    At(Instant),
+    /// The answer never expires (an IP address given as the name), or nothing can be asked
+    /// (an invalid name, a retry policy that gave up).
+    Never,
+}
+
+/// The state of one watch: its source, its lookup, and when to ask next.
+struct Watching<F> {
+    source: Source,
+    records: RecordKind,
+    lookup: F,
+    backoff: WatchBackoff,
+    next: NextQuery,
+    /// How many addresses the last set sent had.
+    listed: usize,
+}
+
+/// The changes between the answers of `lookup`, asked for as each expires.
+fn watch_answers<F, Fut>(
+    source: Source,
+    records: RecordKind,
+    lookup: F,
+) -> Changes<SocketAddr, SocketAddr>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Answer, DnsError>> + Send + 'static,
+{
+    let backoff = WatchBackoff::new(source.resolver.settings().watch_retry.clone());
+    let watching = Watching {
+        source,
+        records,
+        lookup,
+        backoff,
+        next: NextQuery::Now,
+        listed: 0,
+    };
+    changes_of(stream::unfold(watching, |mut watching| async move {
+        let set = watching.next_set().await;
+        Some((set, watching))
+    }))
+}
+
+impl<F, Fut> Watching<F>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Answer, DnsError>>,
+{
+    /// The next set of addresses: waits until it is time to ask, asks (again, after a
+    /// failure, after the retry delay) until there is an answer.
+    async fn next_set(&mut self) -> BTreeMap<SocketAddr, SocketAddr> {
+        loop {
+            match self.next {
+                NextQuery::Now => {}
+                NextQuery::At(at) => tokio::time::sleep_until(at.into()).await,
+                NextQuery::Never => std::future::pending().await,
+            }
+            let asked = Instant::now();
+            let soonest = asked + WATCH_MIN_INTERVAL;
+            match (self.lookup)().await {
+                Ok(answer) => {
+                    self.backoff.succeeded();
+                    self.next = match answer.valid_until {
+                        Some(until) => NextQuery::At(until.max(soonest)),
+                        None => NextQuery::Never,
+                    };
+                    return self.listing(&answer.addresses);
+                }
+                Err(error) => {
+                    if let Some(set) = self.failed(&error, asked) {
+                        return set;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The set of `addresses`, counted.
+    fn listing(&mut self, addresses: &[SocketAddr]) -> BTreeMap<SocketAddr, SocketAddr> {
+        self.listed = addresses.len();
+        addresses
+            .iter()
+            .map(|address| (*address, *address))
+            .collect()
+    }
+
+    /// After a failed lookup: an empty set if the name server said there is no address (the
+    /// name does not exist, or has no such records), else nothing (the addresses known stay)
+    /// and the next query after the retry delay.
+    fn failed(
+        &mut self,
+        error: &DnsError,
+        asked: Instant,
+    ) -> Option<BTreeMap<SocketAddr, SocketAddr>> {
+        let name = &*self.source.name;
+        let records = self.records;
+        match error.kind() {
+            _ if error.says_no_address() => {
+                self.backoff.succeeded();
+                let floor = self.source.resolver.settings().ttl_floor;
+                self.next = asked
+                    .checked_add(floor.max(WATCH_MIN_INTERVAL))
+                    .map_or(NextQuery::Never, NextQuery::At);
+                if self.listed > 0 {
+                    tracing::warn!(
+                        name,
+                        %records,
+                        %error,
+                        removed = self.listed,
+                        "DNS watch: the name lists no address now; every address leaves"
+                    );
+                } else {
+                    debug!(name, %records, %error, "DNS watch: no address");
+                }
+                Some(self.listing(&[]))
+            }
+            DnsErrorKind::InvalidName => {
+                tracing::error!(
+                    name,
+                    %records,
+                    %error,
+                    "DNS watch: the name is invalid; nothing to watch"
+                );
+                self.next = NextQuery::Never;
+                None
+            }
+            _ => {
+                match self.backoff.failed(name) {
+                    Some(delay) => {
+                        tracing::warn!(
+                            name,
+                            %records,
+                            %error,
+                            failures = self.backoff.failures(),
+                            known = self.listed,
+                            retry_in = ?delay,
+                            "DNS watch: lookup failed; keeping the addresses known"
+                        );
+                        self.next = Instant::now()
+                            .checked_add(delay)
+                            .map_or(NextQuery::Never, NextQuery::At);
+                    }
+                    None => {
+                        tracing::error!(
+                            name,
+                            %records,
+                            %error,
+                            failures = self.backoff.failures(),
+                            known = self.listed,
+                            "DNS watch: lookup failed, and the retry policy gives up; keeping \
+                             the addresses known, and asking no more"
+                        );
+                        self.next = NextQuery::Never;
+                    }
+                }
+                None
+            }
+        }
+    }
 }
 
 // === errors ===
@@ -912,12 +1249,22 @@ pub struct DnsError {
     name: Arc<str>,
     reason: String,
     source: Option<NetError>,
+    /// Whether the name servers said there is no address (`NXDOMAIN` or no records; for SRV,
+    /// for every target), rather than failing to answer.
+    no_address: bool,
 }
 
 impl DnsError {
     /// What kind of failure this is.
     pub fn kind(&self) -> DnsErrorKind {
         self.kind
+    }
+
+    /// Whether the name servers answered that there is no address, for a watch: the name
+    /// does not exist or has no such records (for SRV: no record, or every target is such a
+    /// name).
+    fn says_no_address(&self) -> bool {
+        self.no_address
     }
 
     /// The name looked up, as given.
@@ -1059,6 +1406,33 @@ mod tests {
             keep(&mut kept, Answer::new(vec![b], vec![], Some(now))).take_next(),
             b
         );
+    }
+
+    /// For a watch, a lookup says there is no address when the name servers said so, for
+    /// SRV of every target; a target that did not answer makes it a failure instead.
+    #[test]
+    fn no_address_only_when_the_servers_say_so_for_every_target() {
+        let resolver = Resolver::with_name_server("127.0.0.1:53".parse().unwrap());
+        let srv = resolver.srv("_http._tcp.example.test");
+        let target = |name: &str| Name::from_str(name).unwrap();
+        let failed = |kinds: &[DnsErrorKind]| {
+            let failures = kinds
+                .iter()
+                .enumerate()
+                .map(|(n, kind)| (target(&format!("t{n}.example.test")), *kind, None))
+                .collect();
+            srv.source.targets_failed(failures).says_no_address()
+        };
+        assert!(failed(&[DnsErrorKind::NoSuchName, DnsErrorKind::NoRecords]));
+        assert!(!failed(&[DnsErrorKind::NoSuchName, DnsErrorKind::Timeout]));
+        assert!(!failed(&[DnsErrorKind::Other]));
+        let source = &srv.source;
+        let error = |kind| source.error(RecordKind::Srv, kind, None).says_no_address();
+        assert!(error(DnsErrorKind::NoSuchName));
+        assert!(error(DnsErrorKind::NoRecords));
+        assert!(!error(DnsErrorKind::Timeout));
+        assert!(!error(DnsErrorKind::Other));
+        assert!(!source.invalid(RecordKind::Srv, "empty").says_no_address());
     }
 
     /// The floor raises a short TTL, leaves a longer one, and a floor past the clock's range

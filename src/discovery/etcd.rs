@@ -57,6 +57,44 @@
 //! # let _ = (server, client);
 //! ```
 //!
+//! # Watching: one connection per replica
+//!
+//! [`Catalog::watch`] follows the prefix with an etcd watch: a stream of
+//! [`Change`]s (a [`Changes`]`<String, String>`, keyed by the etcd
+//! key, the address as value) that starts with the replicas registered now and then sends each
+//! registration, deregistration and lapsed lease. It is what
+//! [`replicas::Replicas`](crate::replicas::Replicas) takes to keep one persistent connection
+//! per replica behind a balancer:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use bytes::Bytes;
+//! use http_body_util::Empty;
+//! use persistent_connection::{
+//!     BoxError, PersistentConnectionLayer, discovery::etcd::Catalog, http::Http2Connector,
+//!     replicas::Replicas,
+//! };
+//! use tower::ServiceExt;
+//!
+//! # async fn client() -> Result<(), BoxError> {
+//! let catalog = Catalog::new(["127.0.0.1:2379"], "/services/billing/")?;
+//! let layer = PersistentConnectionLayer::new(catalog.clone())
+//!     .server_name("billing")
+//!     .retry_delay(|| Duration::from_secs(1));
+//! let billing = Replicas::http2(catalog.watch(), layer, Http2Connector::new()).balanced(64);
+//! let request = http::Request::get("/invoices").body(Empty::<Bytes>::new())?;
+//! let response = billing.oneshot(request).await?;
+//! # let _ = response;
+//! # Ok(()) }
+//! # let _ = client;
+//! ```
+//!
+//! The watch never ends and never fails: while etcd cannot be reached it keeps the replicas it
+//! knows, and once it is back it resumes after the last revision it saw, so that no change is
+//! lost or sent twice (or, if etcd compacted its history meanwhile, it reads the prefix again
+//! and sends the difference). See [`Catalog::watch`] and [`Catalog::watch_retry_policy`].
+//!
 //! # Failures
 //!
 //! The catalog connects to etcd lazily, on its first lookup, so an etcd that is down when the
@@ -78,6 +116,7 @@
 //! [`AddressSource`]: super::AddressSource
 
 use std::{
+    collections::{BTreeMap, VecDeque},
     fmt,
     future::Future,
     net::Ipv6Addr,
@@ -89,12 +128,19 @@ use std::{
 };
 
 use etcd_client::{
-    Client, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
+    Client, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
+    WatchOptions, WatchResponse, WatchStream,
 };
-use futures_util::future::BoxFuture;
+use futures_util::{future::BoxFuture, stream};
 use tokio::{sync::OnceCell, task::JoinHandle, time::Instant};
+use tower::discover::Change;
 
-use super::AddressSource;
+use super::{
+    AddressSource, Changes,
+    backoff::{self, WatchBackoff},
+    diff,
+};
+use crate::retry::{Exponential, RetryPolicy, SharedPolicy};
 
 /// The default [request timeout](Catalog::request_timeout) of one etcd request.
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -357,6 +403,8 @@ struct CatalogInner {
     client: OnceCell<Client>,
     /// The key of the replica given last: the next lookup gives the one after it.
     last: Mutex<Option<String>>,
+    /// The retry delay of [`Catalog::watch`].
+    watch_retry: SharedPolicy,
 }
 
 impl fmt::Debug for Catalog {
@@ -387,16 +435,21 @@ impl Catalog {
     {
         let etcd = Etcd::new(endpoints)?;
         let prefix = check_prefix(prefix.into())?;
-        Ok(Self::from_parts(etcd, prefix))
+        Ok(Self::from_parts(
+            etcd,
+            prefix,
+            backoff::shared(default_watch_retry()),
+        ))
     }
 
-    fn from_parts(etcd: Etcd, prefix: String) -> Self {
+    fn from_parts(etcd: Etcd, prefix: String, watch_retry: SharedPolicy) -> Self {
         Self {
             inner: Arc::new(CatalogInner {
                 etcd,
                 prefix,
                 client: OnceCell::new(),
                 last: Mutex::new(None),
+                watch_retry,
             }),
         }
     }
@@ -419,7 +472,11 @@ impl Catalog {
         );
         let mut etcd = self.inner.etcd.clone();
         etcd.request_timeout = timeout;
-        Self::from_parts(etcd, self.inner.prefix.clone())
+        Self::from_parts(
+            etcd,
+            self.inner.prefix.clone(),
+            self.inner.watch_retry.clone(),
+        )
     }
 
     /// The etcd endpoints, as given.
@@ -444,16 +501,28 @@ impl Catalog {
         Ok(self.read().await?.0)
     }
 
+    /// The client, set up at the first call (no I/O).
+    async fn client(&self) -> Result<Client, EtcdError> {
+        let inner = &self.inner;
+        Ok(inner
+            .client
+            .get_or_try_init(|| inner.etcd.client())
+            .await?
+            .clone())
+    }
+
     /// Reads the prefix: the usable replicas in key order, and how many values were skipped.
     async fn read(&self) -> Result<(Vec<(String, String)>, usize), EtcdError> {
+        let (replicas, skipped, _) = self.read_at().await?;
+        Ok((replicas, skipped))
+    }
+
+    /// [`read`](Self::read), and the revision of the store the answer reflects.
+    async fn read_at(&self) -> Result<(Vec<(String, String)>, usize, i64), EtcdError> {
         let inner = &self.inner;
         let etcd = &inner.etcd;
         let what = || format!("reading prefix {:?}", inner.prefix);
-        let mut client = inner
-            .client
-            .get_or_try_init(|| etcd.client())
-            .await?
-            .clone();
+        let mut client = self.client().await?;
         // Serializable: the member answers from its own copy, without a round of consensus.
         // A lookup then works while the cluster has lost its quorum (the replicas may well be
         // up), and costs the cluster less; the price is a list that may lag by moments, which
@@ -463,25 +532,18 @@ impl Catalog {
         let response = etcd
             .request(what, client.get(inner.prefix.as_str(), Some(options)))
             .await?;
+        let revision = response.header().map_or(0, |header| header.revision());
         let mut replicas = Vec::new();
         let mut skipped = 0;
         for kv in response.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let value = String::from_utf8_lossy(kv.value()).into_owned();
-            match parse_host_port(value.trim()) {
-                Ok(()) => replicas.push((key, value.trim().to_owned())),
-                Err(why) => {
-                    skipped += 1;
-                    tracing::warn!(
-                        key = %key,
-                        value = %value,
-                        "etcd catalog: skipping a value that is not host:port ({why})"
-                    );
-                }
+            match address_of(&key, kv.value()) {
+                Some(address) => replicas.push((key, address)),
+                None => skipped += 1,
             }
         }
         replicas.sort();
-        Ok((replicas, skipped))
+        Ok((replicas, skipped, revision))
     }
 
     /// The address for the next attempt: the replica after the one given last.
@@ -506,6 +568,23 @@ impl Catalog {
         };
         *last = Some(key.clone());
         Ok(address.clone())
+    }
+}
+
+/// The address in the value of `key`, trimmed; `None`, with a warning naming the key and the
+/// value, if it is not `host:port`.
+fn address_of(key: &str, value: &[u8]) -> Option<String> {
+    let value = String::from_utf8_lossy(value);
+    match parse_host_port(value.trim()) {
+        Ok(()) => Some(value.trim().to_owned()),
+        Err(why) => {
+            tracing::warn!(
+                key = %key,
+                value = %value,
+                "etcd catalog: skipping a value that is not host:port ({why})"
+            );
+            None
+        }
     }
 }
 
@@ -535,6 +614,403 @@ impl AddressSource<String> for Catalog {
 
     fn get_address(&self) -> Self::Future {
         Box::pin(self.clone().next())
+    }
+}
+
+// === watch ===
+
+/// The default [`Catalog::watch_retry_policy`]: 100 ms, then ×1.6 per failure in a row, at
+/// most 30 s.
+fn default_watch_retry() -> Exponential {
+    Exponential::new(Duration::from_millis(100), 1.6, Duration::from_secs(30))
+}
+
+impl Catalog {
+    /// The replicas under the prefix, as they change: what [`Replicas`] takes to keep one
+    /// persistent connection per replica. Each replica's key is its etcd key, its address the
+    /// key's value (`host:port`).
+    ///
+    /// The stream starts with an [`Insert`](Change::Insert) for each replica registered now
+    /// (one read of the prefix, at some revision R), then follows an etcd watch of the prefix
+    /// from R + 1:
+    ///
+    /// - a key put with a `host:port` value is an `Insert` (a key whose value changed is a new
+    ///   `Insert`; a put of the same value sends nothing);
+    /// - a key deleted, by [`Registration::deregister`] or because its lease lapsed (a dead
+    ///   replica, after its TTL), is a [`Remove`](Change::Remove);
+    /// - a value that is not `host:port` is skipped with a warning, as lookups skip it; a
+    ///   replica whose value becomes one is removed.
+    ///
+    /// It never ends and never fails. When the watch breaks (etcd down or unreachable, the
+    /// stream closed; an etcd that falls silent is noticed by the HTTP/2 keep-alive of the
+    /// connection, a ping every 10 s answered within the [request
+    /// timeout](Self::request_timeout)), the replicas known stay as they are (nothing is
+    /// removed), the failure is logged at `WARN`, and the watch is opened again after the [retry
+    /// delay](Self::watch_retry_policy), from the revision after the last one seen: every
+    /// change made meanwhile then arrives, once, in order. If etcd has compacted its history
+    /// past that revision meanwhile, the prefix is read again, and the stream sends exactly
+    /// the difference between the replicas known and those read (removals first, then
+    /// insertions; a key added and deleted meanwhile is not seen at all). Progress
+    /// notifications keep the revision seen recent while the prefix is quiet, so that a
+    /// compaction less often forces a read.
+    ///
+    /// The stream does nothing until it is polled (it is driven by its consumer; no task is
+    /// spawned), and dropping it cancels the watch in etcd. It uses the catalog's connection
+    /// to etcd (shared with its lookups and clones), in the Tokio runtime that polls it first.
+    ///
+    /// # Example
+    ///
+    /// One persistent HTTP/2 connection per registered replica, balanced:
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// use bytes::Bytes;
+    /// use http_body_util::Empty;
+    /// use persistent_connection::{
+    ///     BoxError, PersistentConnectionLayer, discovery::etcd::Catalog, http::Http2Connector,
+    ///     replicas::Replicas,
+    /// };
+    /// use tower::ServiceExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), BoxError> {
+    /// let catalog = Catalog::new(["127.0.0.1:2379"], "/services/billing/")?;
+    /// let layer = PersistentConnectionLayer::new(catalog.clone())
+    ///     .server_name("billing")
+    ///     .retry_delay(|| Duration::from_secs(1));
+    /// let client = Replicas::http2(catalog.watch(), layer, Http2Connector::new()).balanced(64);
+    ///
+    /// let request = http::Request::get("/invoices").body(Empty::<Bytes>::new())?;
+    /// let response = client.oneshot(request).await?;
+    /// println!("{}", response.status());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Or follow the changes by hand:
+    ///
+    /// ```no_run
+    /// use futures_util::StreamExt;
+    /// use persistent_connection::discovery::etcd::Catalog;
+    /// use tower::discover::Change;
+    ///
+    /// # async fn run() -> Result<(), persistent_connection::BoxError> {
+    /// let catalog = Catalog::new(["127.0.0.1:2379"], "/services/billing/")?;
+    /// let mut changes = catalog.watch();
+    /// while let Some(change) = changes.next().await {
+    ///     match change {
+    ///         Change::Insert(key, address) => println!("{key} is at {address}"),
+    ///         Change::Remove(key) => println!("{key} left"),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// # let _ = run;
+    /// ```
+    ///
+    /// [`Replicas`]: crate::replicas::Replicas
+    pub fn watch(&self) -> Changes<String, String> {
+        let watcher = Watcher {
+            catalog: self.clone(),
+            known: BTreeMap::new(),
+            next_revision: None,
+            stream: None,
+            backoff: WatchBackoff::new(self.inner.watch_retry.clone()),
+            pending: VecDeque::new(),
+        };
+        Box::pin(stream::unfold(watcher, |mut watcher| async move {
+            let change = watcher.next_change().await;
+            Some((change, watcher))
+        }))
+    }
+
+    /// The delay before [`watch`](Self::watch) tries again after a failure (etcd
+    /// unreachable, the watch stream broken, a request without an answer within the [request
+    /// timeout](Self::request_timeout)).
+    ///
+    /// The policy is asked after each failure, with the failures in a row in its
+    /// [`RetryContext`](crate::retry::RetryContext) counted as the layer's driver counts
+    /// them: after the first failure it is asked for 0 failures (so the first retry waits an
+    /// [`Exponential`]'s initial delay), after the second for 1, and so on. The count starts
+    /// over once the watch is open again. The delay is used as is, without jitter, clamped to
+    /// [`MAX_RETRY_DELAY`](crate::retry::MAX_RETRY_DELAY). A policy that gives up (`None`)
+    /// stops the attempts: the watch keeps its last known replicas and sends nothing more
+    /// (it does not end), with an error in the log.
+    ///
+    /// Default: `Exponential::new(100 ms, 1.6, 30 s)`. The shape of
+    /// [`Exponential::grpc`], but a first retry after 100 ms, as a local etcd that restarts
+    /// is back within moments, and a cap of 30 s, so that changes made while etcd was
+    /// unreachable are followed within 30 s of its return.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use persistent_connection::{discovery::etcd::Catalog, retry::Exponential};
+    ///
+    /// let catalog = Catalog::new(["127.0.0.1:2379"], "/services/billing/")?
+    ///     .watch_retry_policy(Exponential::new(
+    ///         Duration::from_millis(500),
+    ///         2.0,
+    ///         Duration::from_secs(10),
+    ///     ));
+    /// # let _ = catalog;
+    /// # Ok::<(), persistent_connection::BoxError>(())
+    /// ```
+    pub fn watch_retry_policy(self, policy: impl RetryPolicy) -> Self {
+        Self::from_parts(
+            self.inner.etcd.clone(),
+            self.inner.prefix.clone(),
+            backoff::shared(policy),
+        )
+    }
+}
+
+/// The state of one [`Catalog::watch`].
+struct Watcher {
+    catalog: Catalog,
+    /// The replicas sent so far, by key.
+    known: BTreeMap<String, String>,
+    /// The revision the watch (re)starts from: one past the last one seen. `None` until the
+    /// prefix has been read, and after the history was compacted past it.
+    next_revision: Option<i64>,
+    /// The open watch, if any.
+    stream: Option<WatchStream>,
+    backoff: WatchBackoff,
+    /// Changes found but not sent yet.
+    pending: VecDeque<Change<String, String>>,
+}
+
+/// What a watch response says, beyond its events.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    /// Events (possibly none) or a progress notification: the watch goes on.
+    Events,
+    /// The watch was created.
+    Created,
+    /// The revision asked for was compacted: etcd keeps revisions from this one.
+    Compacted(i64),
+    /// The watch was canceled, for this reason.
+    Canceled(String),
+}
+
+impl Watcher {
+    /// The next change: reads, watches, and retries until there is one.
+    async fn next_change(&mut self) -> Change<String, String> {
+        loop {
+            if let Some(change) = self.pending.pop_front() {
+                return change;
+            }
+            if let Err(error) = self.step().await {
+                self.stream = None;
+                self.wait_after(&error).await;
+            }
+        }
+    }
+
+    fn prefix(&self) -> &str {
+        &self.catalog.inner.prefix
+    }
+
+    /// One step: reads the prefix, or opens the watch, or takes its next response.
+    async fn step(&mut self) -> Result<(), EtcdError> {
+        let Some(from) = self.next_revision else {
+            return self.read().await;
+        };
+        let Some(stream) = self.stream.as_mut() else {
+            return self.open(from).await;
+        };
+        let response = match stream.message().await {
+            Ok(Some(response)) => response,
+            Ok(None) => return Err(self.watch_error("etcd ended the watch stream".to_owned())),
+            Err(error) => {
+                let what = format!("watching prefix {:?}", self.prefix());
+                return Err(self.catalog.inner.etcd.failed(&what, error));
+            }
+        };
+        match self.handle(&response) {
+            Answer::Events | Answer::Created => Ok(()),
+            Answer::Compacted(compacted) => {
+                self.compacted(compacted);
+                Ok(())
+            }
+            Answer::Canceled(reason) => Err(self.canceled(&reason)),
+        }
+    }
+
+    /// Reads the prefix: the difference from the replicas known is to be sent, and the watch
+    /// starts after the revision read.
+    async fn read(&mut self) -> Result<(), EtcdError> {
+        let (replicas, _, revision) = self.catalog.read_at().await?;
+        let replicas: BTreeMap<String, String> = replicas.into_iter().collect();
+        self.pending.extend(diff(&self.known, &replicas));
+        tracing::debug!(
+            prefix = %self.prefix(),
+            revision,
+            replicas = replicas.len(),
+            "etcd watch: prefix read"
+        );
+        self.known = replicas;
+        self.next_revision = Some(revision + 1);
+        Ok(())
+    }
+
+    /// Opens the watch from revision `from`; returns once etcd has created it.
+    async fn open(&mut self, from: i64) -> Result<(), EtcdError> {
+        let etcd = &self.catalog.inner.etcd;
+        let what = || format!("watching prefix {:?} from revision {from}", self.prefix());
+        let mut client = self.catalog.client().await?;
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from)
+            .with_progress_notify();
+        let mut stream = etcd
+            .request(what, client.watch(self.prefix(), Some(options)))
+            .await?;
+        // Its first answer says whether it was created: bounded, as a request is.
+        let Some(first) = etcd.request(what, stream.message()).await? else {
+            return Err(self.watch_error(format!(
+                "etcd ended the watch stream from revision {from} before creating it"
+            )));
+        };
+        match self.handle(&first) {
+            Answer::Created | Answer::Events => {}
+            Answer::Compacted(compacted) => {
+                self.compacted(compacted);
+                return Ok(());
+            }
+            Answer::Canceled(reason) => return Err(self.canceled(&reason)),
+        }
+        if self.backoff.failures() > 0 {
+            tracing::info!(
+                prefix = %self.prefix(),
+                from_revision = from,
+                failures = self.backoff.failures(),
+                "etcd watch: open again"
+            );
+        } else {
+            tracing::debug!(prefix = %self.prefix(), from_revision = from, "etcd watch: open");
+        }
+        self.backoff.succeeded();
+        self.stream = Some(stream);
+        Ok(())
+    }
+
+    /// Takes a response: its events become changes, and the revision seen moves on.
+    fn handle(&mut self, response: &WatchResponse) -> Answer {
+        if response.compact_revision() != 0 {
+            return Answer::Compacted(response.compact_revision());
+        }
+        if response.canceled() {
+            return Answer::Canceled(response.cancel_reason().to_owned());
+        }
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let value = match event.event_type() {
+                EventType::Put => Some(kv.value()),
+                EventType::Delete => None,
+            };
+            if let Some(change) = apply(&mut self.known, key, value) {
+                self.pending.push_back(change);
+            }
+            self.seen(kv.mod_revision());
+        }
+        if response.created() {
+            return Answer::Created;
+        }
+        if response.events().is_empty() {
+            // A progress notification: every change up to its revision has been sent.
+            if let Some(header) = response.header() {
+                self.seen(header.revision());
+            }
+        }
+        Answer::Events
+    }
+
+    /// Revision `revision` has been seen: the watch would resume after it.
+    fn seen(&mut self, revision: i64) {
+        let next = revision.saturating_add(1);
+        if self.next_revision.is_some_and(|current| next > current) {
+            self.next_revision = Some(next);
+        }
+    }
+
+    /// The revision to resume from was compacted: read the prefix again, at once.
+    fn compacted(&mut self, compacted: i64) {
+        tracing::warn!(
+            prefix = %self.prefix(),
+            from_revision = ?self.next_revision,
+            compacted_revision = compacted,
+            "etcd watch: the changes since the last revision seen were compacted; reading the \
+             prefix again"
+        );
+        self.stream = None;
+        self.next_revision = None;
+    }
+
+    fn canceled(&self, reason: &str) -> EtcdError {
+        self.watch_error(format!("etcd canceled the watch ({reason:?})"))
+    }
+
+    fn watch_error(&self, why: String) -> EtcdError {
+        let inner = &self.catalog.inner;
+        EtcdError {
+            kind: EtcdErrorKind::Request,
+            message: format!(
+                "{}: watching prefix {:?} failed: {why}",
+                inner.etcd.at(),
+                inner.prefix
+            ),
+            source: None,
+        }
+    }
+
+    /// After a failure: logs it, then waits the retry delay (for ever if the policy gives
+    /// up). The replicas known stay.
+    async fn wait_after(&mut self, error: &EtcdError) {
+        let prefix = self.prefix().to_owned();
+        match self.backoff.failed(&prefix) {
+            Some(delay) => {
+                tracing::warn!(
+                    prefix = %prefix,
+                    %error,
+                    failures = self.backoff.failures(),
+                    known = self.known.len(),
+                    retry_in = ?delay,
+                    "etcd watch: failed; keeping the replicas known until it is back"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            None => {
+                tracing::error!(
+                    prefix = %prefix,
+                    %error,
+                    failures = self.backoff.failures(),
+                    known = self.known.len(),
+                    "etcd watch: failed, and its retry policy gives up; keeping the replicas \
+                     known, and following etcd no more"
+                );
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// Applies a put of `value` (or a delete, for `None`) to `key` in `known`: the change to send,
+/// if any.
+fn apply(
+    known: &mut BTreeMap<String, String>,
+    key: String,
+    value: Option<&[u8]>,
+) -> Option<Change<String, String>> {
+    match value.and_then(|value| address_of(&key, value)) {
+        Some(address) => {
+            if known.get(&key) == Some(&address) {
+                return None;
+            }
+            known.insert(key.clone(), address.clone());
+            Some(Change::Insert(key, address))
+        }
+        // Deleted, or no longer an address.
+        None => known.remove(&key).map(|_| Change::Remove(key)),
     }
 }
 
@@ -939,6 +1415,47 @@ mod tests {
         assert_eq!(
             next_in_turn(&one, Some("a")).map(|r| r.0.as_str()),
             Some("a")
+        );
+    }
+
+    /// A put of an address is an insert unless it repeats the one known; a put of something
+    /// else, or a delete, removes a known replica and is nothing for an unknown key.
+    #[test]
+    fn watch_events_become_changes_against_the_known_replicas() {
+        let mut known = BTreeMap::new();
+        let mut changes = Vec::new();
+        let mut put = |key: &str, value: Option<&str>| {
+            let change = apply(&mut known, key.to_owned(), value.map(str::as_bytes));
+            changes.push(match change {
+                Some(Change::Insert(key, address)) => format!("+{key}={address}"),
+                Some(Change::Remove(key)) => format!("-{key}"),
+                None => "nothing".to_owned(),
+            });
+        };
+        put("a", Some("10.0.0.1:80"));
+        put("a", Some(" 10.0.0.1:80\n"));
+        put("a", Some("10.0.0.2:80"));
+        put("b", Some("not an address"));
+        put("b", None);
+        put("a", Some("10.0.0.2"));
+        put("a", None);
+        put("c", Some("[::1]:443"));
+        assert_eq!(
+            changes,
+            [
+                "+a=10.0.0.1:80",
+                "nothing",
+                "+a=10.0.0.2:80",
+                "nothing",
+                "nothing",
+                "-a",
+                "nothing",
+                "+c=[::1]:443"
+            ]
+        );
+        assert_eq!(
+            known,
+            BTreeMap::from([("c".to_owned(), "[::1]:443".to_owned())])
         );
     }
 

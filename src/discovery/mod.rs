@@ -39,6 +39,8 @@ use std::{
 
 use crate::BoxError;
 
+#[cfg(any(feature = "dns", feature = "etcd"))]
+mod backoff;
 mod watch;
 
 pub use self::watch::{Changes, EmptyCatalog, LocalCatalog, fixed_list};

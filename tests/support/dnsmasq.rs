@@ -6,7 +6,8 @@
 //! - A/AAAA records come from a hosts file (`--addn-hosts`): [`Dnsmasq::reload`] rewrites it
 //!   and sends `SIGHUP`, and returns once dnsmasq has read it again (bounded).
 //! - SRV, CNAME and TXT records are lines of the configuration file: [`Dnsmasq::restart_with`]
-//!   restarts dnsmasq on the same port with another configuration.
+//!   restarts dnsmasq on the same port with another configuration (or starts it again after
+//!   [`Dnsmasq::stop`]).
 //! - Every record has the TTL of [`Config::ttl`] (`--local-ttl`).
 //! - [`Dnsmasq::queries`] counts the queries of a type for a name in dnsmasq's log (after a
 //!   marker query has shown that the log has caught up).
@@ -374,8 +375,9 @@ impl Dnsmasq {
         }
     }
 
-    /// Stops dnsmasq: `SIGTERM`, then `SIGKILL` after 5 s. Does nothing if it is stopped.
-    async fn stop(&mut self) {
+    /// Stops dnsmasq: `SIGTERM`, then `SIGKILL` after 5 s; returns once it has exited. Does
+    /// nothing if it is stopped. [`restart_with`](Self::restart_with) starts it again.
+    pub async fn stop(&mut self) {
         if !self.terminate() {
             return;
         }

@@ -178,6 +178,28 @@ impl Etcd {
         }
     }
 
+    /// The value of the metric `name` (its line `name value` in `GET /metrics`, a metric
+    /// without labels), if etcd answers and has it. Blocking, bounded by short timeouts.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let bound = Duration::from_secs(2);
+        let mut stream = TcpStream::connect_timeout(&self.addr(), bound).ok()?;
+        let _ = stream.set_read_timeout(Some(bound));
+        let _ = stream.set_write_timeout(Some(bound));
+        // HTTP/1.0: the body comes whole, not in chunks, and ends with the connection.
+        let request = format!("GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr());
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut response = Vec::new();
+        let _ = stream.take(16 * 1024 * 1024).read_to_end(&mut response);
+        String::from_utf8_lossy(&response).lines().find_map(|line| {
+            let (metric, value) = line.split_once(' ')?;
+            if metric == name {
+                value.trim().parse().ok()
+            } else {
+                None
+            }
+        })
+    }
+
     /// The last lines of etcd's log (its standard error).
     pub fn log(&self) -> String {
         let content = fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
