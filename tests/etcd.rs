@@ -43,12 +43,12 @@ mod fault_proxy;
 mod h2server;
 #[path = "support/logs.rs"]
 mod logs;
+#[path = "support/mortal.rs"]
+mod mortal;
 mod support;
 
 use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex, mpsc},
-    thread,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -57,6 +57,7 @@ use etcd_client::{Client, CompactionOptions, GetOptions, LeaseTimeToLiveOptions}
 use fault_proxy::{FaultProxy, Mode};
 use futures_util::StreamExt as _;
 use h2server::H2Server;
+use mortal::MortalReplica;
 use persistent_connection::{
     ConnectErrorKind, PersistentConnection, PersistentConnectionLayer,
     discovery::{
@@ -146,79 +147,6 @@ async fn register_server(etcd: &Etcd, server: &H2Server) -> Registration {
     register([etcd.endpoint()], PREFIX, server.addr(), TTL)
         .await
         .expect("register the replica")
-}
-
-/// A replica that can die: an HTTP/2 server and its registration, on a runtime of their own
-/// on a thread of their own. [`kill`](Self::kill) shuts that runtime down: the server's
-/// sockets close and the keep-alive task stops, and the registration is dropped outside any
-/// runtime, so nothing revokes the lease. What remains is what a killed process leaves.
-struct MortalReplica {
-    name: &'static str,
-    addr: SocketAddr,
-    key: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl MortalReplica {
-    async fn start(name: &'static str, endpoint: String) -> Self {
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("the replica's runtime");
-            let registration = runtime.block_on(async move {
-                let server = H2Server::start(name).await;
-                let registration = register([endpoint], PREFIX, server.addr(), TTL)
-                    .await
-                    .expect("register the replica");
-                let _ = ready_tx.send((server.addr(), registration.key().to_owned()));
-                let _ = stop_rx.await;
-                registration
-            });
-            // Every task of the replica ends here, the keep-alive's and the server's.
-            drop(runtime);
-            // Outside any runtime: no revoke.
-            drop(registration);
-        });
-        let (addr, key) = tokio::task::spawn_blocking(move || {
-            ready_rx
-                .recv_timeout(SOON + SOON)
-                .expect("the replica started")
-        })
-        .await
-        .unwrap();
-        Self {
-            name,
-            addr,
-            key,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    /// Kills the replica; returns once its runtime is gone.
-    async fn kill(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            tokio::task::spawn_blocking(move || thread.join())
-                .await
-                .unwrap()
-                .expect("the replica's thread ended cleanly");
-        }
-    }
-}
-
-impl Drop for MortalReplica {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
 }
 
 /// A change as text, its key without the prefix: `+key=address` or `-key`.
@@ -430,8 +358,8 @@ async fn a_dead_replica_lapses_within_its_ttl_and_the_client_moves_on() {
     };
     let client = etcd_client(&etcd).await;
     let mut replicas = [
-        MortalReplica::start("replica-a", etcd.endpoint()).await,
-        MortalReplica::start("replica-b", etcd.endpoint()).await,
+        MortalReplica::start("replica-a", etcd.endpoint(), PREFIX, TTL).await,
+        MortalReplica::start("replica-b", etcd.endpoint(), PREFIX, TTL).await,
     ];
     let catalog = Catalog::new([etcd.endpoint()], PREFIX).unwrap();
     let (mut svc, mut events) = client_of(&catalog);
@@ -940,8 +868,8 @@ async fn a_dead_replica_leaves_the_watch_within_its_ttl() {
         return;
     };
     let mut replicas = [
-        MortalReplica::start("replica-a", etcd.endpoint()).await,
-        MortalReplica::start("replica-b", etcd.endpoint()).await,
+        MortalReplica::start("replica-a", etcd.endpoint(), PREFIX, TTL).await,
+        MortalReplica::start("replica-b", etcd.endpoint(), PREFIX, TTL).await,
     ];
     let mut keyed: Vec<String> = replicas
         .iter()

@@ -12,15 +12,17 @@
 //! then in `/usr/bin` and `/usr/local/bin`.
 #![allow(dead_code, unreachable_pub)]
 
+#[path = "real.rs"]
+mod real;
+
 use std::{
     fmt::Write as _,
     fs,
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicUsize, Ordering},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 /// How long etcd may take to answer its health check after it was started (a single member
@@ -34,40 +36,10 @@ const LOG_TAIL: usize = 200;
 /// The etcd binary: `$ETCD` when set (none if that is not a file), else `etcd` on `PATH`, else
 /// `/usr/bin/etcd` or `/usr/local/bin/etcd`.
 pub fn binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("ETCD") {
-        let path = PathBuf::from(path);
-        return path.is_file().then_some(path);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
-        .map(|dir| dir.join("etcd"))
-        .find(|candidate| candidate.is_file())
+    real::binary("ETCD", "etcd", &["/usr/bin", "/usr/local/bin"])
 }
 
-/// A free port on 127.0.0.1 (bound to port 0, then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
-/// A new empty directory under the system's temp dir.
-fn temp_dir() -> PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|t| t.subsec_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "persistent-connection-etcd-{}-{}-{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    fs::create_dir_all(&dir).expect("create etcd's temp dir");
-    dir
-}
+pub use real::free_port;
 
 /// A running etcd owned by one test.
 #[derive(Debug)]
@@ -88,19 +60,12 @@ impl Etcd {
     /// If etcd is missing while required, or does not start (its log is printed).
     pub async fn start() -> Option<Self> {
         let Some(binary) = binary() else {
-            if std::env::var("REQUIRE_REAL_SERVERS").is_ok_and(|v| v == "1") {
-                panic!(
-                    "etcd not installed, and REQUIRE_REAL_SERVERS=1: install the Debian \
-                     package etcd-server (apt-get install etcd-server), or set \
-                     ETCD=/path/to/etcd"
-                );
-            }
-            println!("skipped: etcd not installed (Debian package etcd-server)");
+            real::missing("etcd", "etcd-server", "ETCD");
             return None;
         };
         let mut etcd = Self {
             binary,
-            dir: temp_dir(),
+            dir: real::temp_dir("etcd"),
             client_port: 0,
             peer_port: 0,
             process: None,
