@@ -4,8 +4,10 @@
 //! [`Replicas`] follows a catalog's [`Changes`]: for each replica listed it makes a persistent
 //! connection with the layer's settings (retry policy, hooks, health check, close signal;
 //! the replica's key in its server name, so in every log line), which starts connecting at
-//! once. A replica removed from the catalog leaves the balancer, and its connection closes
-//! once the requests in flight on it have finished. A replica that is down but still listed
+//! once. A replica removed from the catalog is closed at once (no new request goes to it;
+//! its requests in flight finish) and leaves the balancer; its TCP connection closes once the
+//! balancer has let go of it too, which tower's balancer does on its next request. A replica
+//! that is down but still listed
 //! is `Pending`: the balancer routes around it and never evicts it, and its driver keeps
 //! trying with the retry policy. A catalog that cannot be reached keeps its last known set
 //! (the catalogs' watches re-establish themselves).

@@ -18,6 +18,11 @@
 //! Any type can be a source by implementing [`AddressSource`]; every closure
 //! `Fn() -> impl Future<Output = Result<A, E>>` already is one.
 //!
+//! The catalogs also offer a watch of their replicas, [`Changes`]
+//! ([`LocalCatalog::watch`], [`fixed_list`], `dns::Host::watch`, `dns::Srv::watch`,
+//! `etcd::Catalog::watch`), which [`Replicas`](crate::replicas::Replicas) turns into one
+//! persistent connection per replica under a balancer.
+//!
 //! [`Event::FailedToConnect`]: crate::Event::FailedToConnect
 //! [`ConnectErrorKind::Discovery`]: crate::ConnectErrorKind::Discovery
 //! [`PersistentConnectionLayer::new`]: crate::PersistentConnectionLayer::new
