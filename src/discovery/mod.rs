@@ -12,8 +12,8 @@
 //! | one fixed address | none | [`PersistentConnectionLayer::fixed_address`] |
 //! | a fixed list, one per attempt | none | [`PersistentConnectionLayer::round_robin`] |
 //! | an in-process catalog | none | [`LocalCatalog`] |
-//! | DNS: A/AAAA or SRV records | `dns` | [`dns::Resolver`]`::system()?.host("api.example.test", 8080)` |
-//! | the replicas registered under a key prefix in etcd | `etcd` | [`etcd::Catalog::new`] (servers publish themselves with [`etcd::register`]) |
+//! | DNS: A/AAAA or SRV records | `dns` | `dns::Resolver::system()?.host("api.example.test", 8080)` |
+//! | the replicas registered under a key prefix in etcd | `etcd` | `etcd::Catalog::new` (servers publish themselves with `etcd::register`) |
 //!
 //! Any type can be a source by implementing [`AddressSource`]; every closure
 //! `Fn() -> impl Future<Output = Result<A, E>>` already is one.
