@@ -118,9 +118,9 @@ impl<A: Send + 'static> PersistentConnectionLayer<A> {
 
     /// A layer that connects to each of `addresses` in turn, one per attempt.
     ///
-    /// # Panics
-    ///
-    /// If `addresses` is empty.
+    /// An empty list makes every attempt fail in discovery (a
+    /// [`ConnectErrorKind::Discovery`](crate::ConnectErrorKind::Discovery) error whose message
+    /// says the list is empty), after the retry delay like any failed attempt; it never panics.
     pub fn round_robin(addresses: impl IntoIterator<Item = A>) -> Self
     where
         A: Clone + Sync,
