@@ -118,9 +118,9 @@ impl<A: Send + 'static> PersistentConnectionLayer<A> {
 
     /// A layer that connects to each of `addresses` in turn, one per attempt.
     ///
-    /// # Panics
-    ///
-    /// If `addresses` is empty.
+    /// An empty list makes every attempt fail in discovery (a
+    /// [`ConnectErrorKind::Discovery`](crate::ConnectErrorKind::Discovery) error whose message
+    /// says the list is empty), after the retry delay like any failed attempt; it never panics.
     pub fn round_robin(addresses: impl IntoIterator<Item = A>) -> Self
     where
         A: Clone + Sync,
@@ -296,7 +296,8 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
     }
 
     /// Bounds one attempt: address discovery plus connect. An attempt that takes longer fails
-    /// with a [`ConnectErrorKind::Timeout`](crate::ConnectErrorKind::Timeout) error.
+    /// with a [`ConnectErrorKind::Timeout`](crate::ConnectErrorKind::Timeout) error. A huge
+    /// timeout (up to `Duration::MAX`) is no timeout.
     ///
     /// Default is 20 seconds.
     ///
@@ -324,7 +325,7 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
     /// (`AttemptingToConnect`, `ObtainedAddress`, `Connected`) for the new one, all at the
     /// moment of the switch; it is counted in [`Stats::rotations`](crate::observe::Stats::rotations).
     ///
-    /// Default is no maximum age.
+    /// Default is no maximum age; a huge age (up to `Duration::MAX`) is none either.
     ///
     /// # Panics
     ///
@@ -395,7 +396,8 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
     /// unready (state [`NotServing`](crate::State::NotServing)) until a check passes again
     /// (gRFC A17).
     ///
-    /// Default is no periodic check (only the check of each new connection).
+    /// Default is no periodic check (only the check of each new connection); a huge interval
+    /// (up to `Duration::MAX`) is none either.
     ///
     /// # Panics
     ///

@@ -429,10 +429,13 @@ impl Backoff {
 
 impl Backoff {
     /// `duration` randomized like a delay (uniformly within `[1 - jitter, 1 + jitter]` of
-    /// itself), so a fleet's timers do not fire in step.
+    /// itself), so a fleet's timers do not fire in step. Saturates at `Duration::MAX` (a
+    /// huge setting, such as `max_connection_age(Duration::MAX)`, stays huge).
     pub(crate) fn jittered(&mut self, duration: Duration) -> Duration {
         if self.jitter > 0.0 {
-            duration.mul_f64(self.rng.random_range(1.0 - self.jitter..=1.0 + self.jitter))
+            let factor = self.rng.random_range(1.0 - self.jitter..=1.0 + self.jitter);
+            // `mul_f64`, without its panic on overflow.
+            Duration::try_from_secs_f64(duration.as_secs_f64() * factor).unwrap_or(Duration::MAX)
         } else {
             duration
         }

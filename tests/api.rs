@@ -89,13 +89,6 @@ async fn round_robin_cycles_through_the_addresses_one_per_attempt() {
     assert_eq!(conn.addr(), "only");
 }
 
-/// An empty address list is refused where it is given, with a clear message.
-#[test]
-#[should_panic(expected = "round_robin needs at least one address")]
-fn round_robin_without_addresses_panics_at_construction() {
-    let _ = PersistentConnectionLayer::<&str>::round_robin([]);
-}
-
 /// A zero connect timeout is refused where it is given.
 #[test]
 #[should_panic(expected = "zero timeout")]

@@ -294,13 +294,23 @@ fn a_nan_jitter_panics() {
     let _ = PersistentConnectionLayer::fixed_address("a").jitter(f64::NAN);
 }
 
-/// `try_jitter` refuses values outside `[0, 1]` and NaN with an `InvalidSetting` that names
-/// the value, and accepts both ends of the range.
+/// `try_jitter` refuses values outside `[0, 1]`, infinities and NaN with an `InvalidSetting`
+/// for the setting `"jitter"` that names the value, and accepts both ends of the range.
 #[test]
 fn try_jitter_returns_an_error_naming_the_bad_value() {
     let layer = PersistentConnectionLayer::fixed_address("a");
-    for (bad, text) in [(1.5, "1.5"), (-0.1, "-0.1"), (f64::NAN, "NaN")] {
+    let bad = [
+        (1.5, "1.5"),
+        (2.0, "2"),
+        (-0.1, "-0.1"),
+        (-1.0, "-1"),
+        (f64::NAN, "NaN"),
+        (f64::INFINITY, "inf"),
+        (f64::NEG_INFINITY, "-inf"),
+    ];
+    for (bad, text) in bad {
         let error = layer.clone().try_jitter(bad).unwrap_err();
+        assert_eq!(error.setting(), "jitter");
         assert!(
             error
                 .to_string()

@@ -633,9 +633,10 @@ async fn stats_count_attempts_failures_connections_and_disconnections_exactly() 
 
 // === Unit level ===
 
-/// `Exponential::try_new` refuses a multiplier below 1, NaN or infinite, and an initial delay
-/// above the cap, each with a message naming the bad value; the edge values (multiplier 1,
-/// initial equal to the cap) are accepted.
+/// `Exponential::try_new` refuses a multiplier below 1 (negative too), NaN or infinite, and
+/// an initial delay above the cap, each with an `InvalidSetting` for the setting
+/// `"retry policy"` whose message names the bad value; the edge values (multiplier 1, initial
+/// equal to the cap, zero and `Duration::MAX` delays) are accepted.
 #[test]
 fn exponential_try_new_rejects_invalid_parameters_with_a_clear_message() {
     let message = |initial, multiplier, max| {
@@ -656,11 +657,33 @@ fn exponential_try_new_rejects_invalid_parameters_with_a_clear_message() {
         "invalid retry policy: multiplier inf must be a finite number >= 1"
     );
     assert_eq!(
+        message(secs(1), -1.0, secs(10)),
+        "invalid retry policy: multiplier -1 must be a finite number >= 1"
+    );
+    assert_eq!(
+        message(secs(1), f64::NEG_INFINITY, secs(10)),
+        "invalid retry policy: multiplier -inf must be a finite number >= 1"
+    );
+    assert_eq!(
         message(secs(20), 2.0, secs(10)),
         "invalid retry policy: initial delay 20s is more than the cap 10s"
     );
+    let error = Exponential::try_new(secs(1), f64::NAN, secs(10)).unwrap_err();
+    assert_eq!(error.setting(), "retry policy");
     assert!(Exponential::try_new(secs(1), 1.0, secs(10)).is_ok());
     assert!(Exponential::try_new(secs(10), 2.0, secs(10)).is_ok());
+    assert!(Exponential::try_new(Duration::ZERO, 2.0, Duration::ZERO).is_ok());
+    // The largest delays: the schedule saturates at the cap, for any failure count.
+    let huge = Exponential::try_new(Duration::MAX, 2.0, Duration::MAX).unwrap();
+    assert_eq!(huge.delay(0), Duration::MAX);
+    assert_eq!(huge.delay(u32::MAX), Duration::MAX);
+    let slow = Exponential::try_new(Duration::from_nanos(1), 1.5, Duration::MAX).unwrap();
+    assert_eq!(slow.delay(200), Duration::MAX);
+    let grown = slow.delay(100); // 1.5^100 ns: about 4e8 s
+    assert!(
+        grown > secs(400_000_000) && grown < secs(410_000_000),
+        "{grown:?}"
+    );
 }
 
 /// `Exponential::new` panics on invalid parameters, with the same message.

@@ -34,6 +34,7 @@
 pub mod dns;
 
 use std::{
+    fmt,
     future::Future,
     pin::Pin,
     sync::{
@@ -127,19 +128,31 @@ where
     })
 }
 
-/// An address source that cycles through `addresses`, one per attempt.
+/// An address source that cycles through `addresses`, one per attempt. An empty list fails
+/// every lookup with [`EmptyList`]: a failed attempt of kind
+/// [`Discovery`](crate::ConnectErrorKind::Discovery) whose message says so.
 pub(crate) fn round_robin<A>(addresses: Vec<A>) -> GetAddress<A>
 where
     A: Clone + Send + Sync + 'static,
 {
-    assert!(
-        !addresses.is_empty(),
-        "PersistentConnectionLayer::round_robin needs at least one address"
-    );
     let next = AtomicUsize::new(0);
     Arc::new(move || {
-        let index = next.fetch_add(1, Ordering::Relaxed) % addresses.len();
-        let address = addresses[index].clone();
-        Box::pin(async move { Ok(address) })
+        let address = match addresses.len() {
+            0 => Err(EmptyList.into()),
+            len => Ok(addresses[next.fetch_add(1, Ordering::Relaxed) % len].clone()),
+        };
+        Box::pin(std::future::ready(address))
     })
 }
+
+/// The error of every lookup in an empty round-robin list.
+#[derive(Debug)]
+struct EmptyList;
+
+impl fmt::Display for EmptyList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the address list is empty: PersistentConnectionLayer::round_robin was given no address")
+    }
+}
+
+impl std::error::Error for EmptyList {}

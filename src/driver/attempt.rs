@@ -111,7 +111,10 @@ impl<S> Dialer<S> {
             match (checked, self.recheck) {
                 (Ok(()), _) => break,
                 (Err(error), Some(interval))
-                    if is_not_serving_error(&error) && Instant::now() + interval < deadline =>
+                    if is_not_serving_error(&error)
+                        && Instant::now()
+                            .checked_add(interval)
+                            .is_some_and(|at| at < deadline) =>
                 {
                     tokio::time::sleep(interval).await;
                 }

@@ -405,7 +405,7 @@ where
     /// One attempt of a cycle: discover the address (reported as soon as it is known), then
     /// connect, each step cancelled at once by `close()`.
     async fn attempt(&mut self) -> Result<Result<Connection<S>, ConnectError>, Stop> {
-        let deadline = Instant::now() + self.settings.connect_timeout;
+        let deadline = after(self.settings.connect_timeout);
         let address = match self.inbox.race(self.discover(deadline)).await? {
             Ok(address) => address,
             Err(error) => return Ok(Err(error)),
@@ -420,7 +420,7 @@ where
     /// An attempt as one future that owns what it needs (a rotation's, run while the old
     /// connection serves): the driver stays free to serve meanwhile.
     fn whole_attempt(&mut self) -> AttemptFuture<A, S> {
-        let deadline = Instant::now() + self.settings.connect_timeout;
+        let deadline = after(self.settings.connect_timeout);
         let discover = self.discover(deadline);
         let maker = self.take_maker();
         let dialer = self.dialer();
@@ -514,7 +514,7 @@ where
         let mut rotate_at = self
             .settings
             .max_connection_age
-            .map(|age| Instant::now() + self.retry.jittered(age));
+            .map(|age| after(self.retry.jittered(age)));
         let mut rotation: Option<AttemptFuture<A, S>> = None;
 
         // ## Connected => Disconnected
@@ -607,7 +607,7 @@ where
                                 retry_in = ?delay,
                                 "the replacement of an aged connection failed; the old one keeps serving",
                             );
-                            rotate_at = Some(Instant::now() + delay);
+                            rotate_at = Some(after(delay));
                         }
                     }
                 }
@@ -680,7 +680,7 @@ where
                 return std::future::pending().await;
             };
             tokio::time::sleep(interval).await;
-            let deadline = Instant::now() + limit;
+            let deadline = after(limit);
             let checked = bounded(
                 deadline,
                 limit,
@@ -721,6 +721,17 @@ where
         self.check_open()?;
         self.inbox.sleep_until(at).await
     }
+}
+
+/// The instant `duration` from now; for a duration too large to add to the clock (a setting
+/// such as `connect_timeout(Duration::MAX)`), an instant about 30 years ahead, which never
+/// comes in practice: a huge setting means "never", not a panic of the driver.
+pub(super) fn after(duration: Duration) -> Instant {
+    /// Far enough to never come, near enough to add to any clock (tokio's own "far future").
+    const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+    let now = Instant::now();
+    now.checked_add(duration)
+        .unwrap_or_else(|| now + FAR_FUTURE)
 }
 
 // === EndGuard ===
