@@ -1124,7 +1124,9 @@ impl Lessor {
             )
             .await?;
         let granted = Duration::from_secs(u64::try_from(response.ttl()).unwrap_or(0));
-        Ok((response.id(), granted.max(MIN_TTL)))
+        // Within what `register` accepts, whatever etcd answers: a huge grant must not
+        // overflow the keep-alive's clock.
+        Ok((response.id(), granted.clamp(MIN_TTL, MAX_TTL)))
     }
 
     async fn put(&self, lease: i64) -> Result<(), EtcdError> {
@@ -1279,9 +1281,9 @@ async fn keep_alive_once(
     };
     keeper.keep_alive().await.map_err(KeepAliveError::Etcd)?;
     match responses.message().await {
-        Ok(Some(answer)) if answer.ttl() > 0 => Ok(Some(Duration::from_secs(
-            u64::try_from(answer.ttl()).unwrap_or(0),
-        ))),
+        Ok(Some(answer)) if answer.ttl() > 0 => Ok(Some(
+            Duration::from_secs(u64::try_from(answer.ttl()).unwrap_or(0)).min(MAX_TTL),
+        )),
         Ok(Some(_)) => Ok(None),
         Ok(None) => Err(KeepAliveError::StreamEnded),
         Err(error) => Err(KeepAliveError::Etcd(error)),
