@@ -11,7 +11,7 @@
 //! (the catalogs' watches re-establish themselves).
 //!
 //! [`Replicas::balanced`] builds the usual stack in one expression: each replica measured by
-//! its requests in flight ([`PendingRequests`]), tower's power-of-two-choices
+//! its requests in flight ([`PendingRequests`](tower::load::PendingRequests)), tower's power-of-two-choices
 //! [`Balance`] over them, and a cloneable [`Buffer`] in front: a [`BalancedClient`]. It is the
 //! drop-in for tonic's `Channel::balance_channel`, and a tonic client runs over it as over a
 //! `Channel`. [`Replicas::fail_fast`] makes it answer at once once no replica has been ready
@@ -147,7 +147,7 @@ where
     /// Makes the [balanced client](Self::balanced) answer requests at once with
     /// [`Unavailable`](crate::failfast::Unavailable) once no replica has been ready for
     /// `max_unready` (naming the catalog and carrying a replica's last connect error); before
-    /// that, and by default, requests wait for a replica. See [`failfast`](crate::failfast).
+    /// that, and by default, requests wait for a replica. See [`failfast`].
     ///
     /// A [`FailFastLayer`](crate::failfast::FailFastLayer) stacked above the balanced client
     /// would not see the replicas' readiness: the client's buffer is ready whenever it has
