@@ -772,6 +772,16 @@ mod tests {
             "{error}"
         );
 
+        let mut unfit = tls.clone();
+        unfit.name_layer(Some("billing service"));
+        let error = unfit.handshake(None, &address).err().unwrap();
+        assert!(
+            error
+                .to_string()
+                .contains("invalid TLS server name \"billing service\" (the layer's server name)"),
+            "{error}"
+        );
+
         let mut named = tls.clone();
         named.name_layer(Some("billing"));
         let handshake = named.handshake(None, &address).unwrap();
