@@ -194,8 +194,10 @@ impl Error for ConnectError {
 
 /// A setting refused by a fallible setter:
 /// [`PersistentConnectionLayer::try_jitter`](crate::PersistentConnectionLayer::try_jitter),
-/// [`Exponential::try_new`](crate::retry::Exponential::try_new), or the HTTP connectors'
-/// `try_origin`. Its text names the setting, the value and what is expected;
+/// [`Exponential::try_new`](crate::retry::Exponential::try_new), the HTTP connectors'
+/// `try_origin`, or (features `tls`, `tls-aws-lc-rs`) `http::TlsConfig`'s `server_name` and
+/// `client_auth`. A connection attempt with TLS whose server name is not valid (or missing)
+/// fails with one too. Its text names the setting, the value and what is expected;
 /// [`setting`](Self::setting) names the setting alone.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InvalidSetting {
@@ -208,7 +210,8 @@ impl InvalidSetting {
         Self { setting, message }
     }
 
-    /// The setting refused: `"jitter"`, `"retry policy"` or `"origin"`.
+    /// The setting refused: `"jitter"`, `"retry policy"`, `"origin"`, `"TLS server name"` or
+    /// `"client certificate"`.
     pub fn setting(&self) -> &'static str {
         self.setting
     }

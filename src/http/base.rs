@@ -1,23 +1,27 @@
 //! [`Core`]: what the HTTP/1 and HTTP/2 connectors share: the origin given to requests that
-//! have none, the connector's newest connection (where a refused request is sent again), and
-//! the resend settings with their counters.
+//! have none, the TLS settings, the connector's newest connection (where a refused request is
+//! sent again), and the resend settings with their counters.
 
 use std::{future::Future, sync::Arc};
 
-use tokio::sync::watch;
+use tokio::{net::TcpStream, sync::watch};
 
 use super::{
     Dial, Origin, name_origin, origin_for,
     resend::{self, Newest, ReplayConfig},
     sniff::Status,
+    stream::Stream,
+    tls::{Handshake, Tls},
 };
-use crate::stats::RequestCounters;
+use crate::{BoxError, stats::RequestCounters};
 
 /// The part of a connector that is the same for HTTP/1 and HTTP/2; `C` is what the
 /// connector's connections share.
 pub(super) struct Core<C> {
     /// The origin set on the connector (or taken from the layer's server name), if any.
     pub(super) origin: Option<Arc<Origin>>,
+    /// TLS, if the connector's connections use it.
+    pub(super) tls: Option<Tls>,
     /// This connector's newest connection, where refused requests are sent again.
     pub(super) latest: Newest<C>,
     pub(super) replay: ReplayConfig,
@@ -27,6 +31,7 @@ impl<C> Core<C> {
     pub(super) fn new() -> Self {
         Self {
             origin: None,
+            tls: None,
             latest: resend::newest(),
             replay: ReplayConfig::new(),
         }
@@ -38,6 +43,7 @@ impl<C> Core<C> {
     pub(super) fn fork(&self) -> Self {
         Self {
             origin: self.origin.clone(),
+            tls: self.tls.clone(),
             latest: resend::newest(),
             replay: self.replay.clone(),
         }
@@ -48,16 +54,52 @@ impl<C> Core<C> {
         Ok(())
     }
 
-    /// The origin of a connection to `address`: the configured one, or the address's own.
+    /// The origin of a connection to `address`: the configured one, or the address's own
+    /// (scheme `https` with TLS).
     pub(super) fn origin_for<A: Dial>(&self, address: &A) -> Arc<Origin> {
-        origin_for(&self.origin, address)
+        origin_for(&self.origin, address, self.tls.is_some())
     }
 
-    /// Takes the layer's server name (if one was set) as the origin, unless one is set; hands
-    /// out the request counters for the layer's `Stats`. For `.http1()` / `.http2()`.
+    /// The TLS handshake of an attempt to `address`, if the connector uses TLS.
+    pub(super) fn handshake_for<A: Dial>(
+        &self,
+        address: &A,
+    ) -> Result<Option<Handshake>, BoxError> {
+        handshake_for(&self.tls, &self.origin, address)
+    }
+
+    /// Takes the layer's server name (if one was set) as the origin, unless one is set, and as
+    /// the TLS server name, unless the TLS config names one; hands out the request counters for
+    /// the layer's `Stats`. For `.http1()` / `.http2()`.
     pub(super) fn wire(&mut self, server_name: Option<&str>) -> Arc<RequestCounters> {
         name_origin(&mut self.origin, server_name);
+        if let Some(tls) = &mut self.tls {
+            tls.name_layer(server_name);
+        }
         self.replay.counters.clone()
+    }
+}
+
+/// The TLS handshake of an attempt to `address` with these settings, if `tls` is set: its
+/// server name comes from the settings, or else the configured `origin`, never from `address`.
+pub(super) fn handshake_for<A: Dial>(
+    tls: &Option<Tls>,
+    origin: &Option<Arc<Origin>>,
+    address: &A,
+) -> Result<Option<Handshake>, BoxError> {
+    tls.as_ref()
+        .map(|tls| tls.handshake(origin.as_deref(), address))
+        .transpose()
+}
+
+/// The transport over `tcp`: the stream itself, or a TLS stream after `handshake`.
+pub(super) async fn secure(
+    tcp: TcpStream,
+    handshake: Option<&Handshake>,
+) -> Result<Stream, BoxError> {
+    match handshake {
+        None => Ok(Stream::Tcp(tcp)),
+        Some(handshake) => handshake.run(tcp).await,
     }
 }
 

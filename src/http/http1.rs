@@ -23,7 +23,7 @@ use tower_service::Service;
 
 use super::{
     ArcError, ConnectionUnavailable, Dial,
-    base::{Core, spawn_watched},
+    base::{Core, secure, spawn_watched},
     observe::{Observed, ReadObserver},
     replay::ReplayBody,
     resend::{
@@ -75,6 +75,25 @@ impl<B> Http1Connector<B> {
         body: "an idempotent request's body",
     );
 
+    /// Secures every connection with TLS: the handshake follows the TCP connect, within the
+    /// attempt (so the layer's connect timeout bounds it), offering ALPN `http/1.1`; requests
+    /// get the `https` scheme. The name verified in the server's certificate and sent as SNI is
+    /// [`TlsConfig::server_name`](super::TlsConfig::server_name), else the layer's server name
+    /// (with [`PersistentConnectionLayer::http1`]), else the host of the
+    /// [origin](Self::origin); never the address dialed. A failed handshake is a failed
+    /// attempt, with a [`TlsError`](super::TlsError) that says why.
+    ///
+    /// With TLS 1.3 a server checks the client's certificate after the client has finished
+    /// its handshake, so an HTTP/1 connection whose client certificate the server refuses
+    /// fails on its first request (an HTTP/2 connection fails its attempt instead: it waits
+    /// for the server's first frame).
+    #[cfg(feature = "_tls")]
+    #[cfg_attr(docsrs, doc(cfg(any(feature = "tls", feature = "tls-aws-lc-rs"))))]
+    pub fn tls(mut self, config: super::TlsConfig) -> Self {
+        self.core.tls = Some(super::tls::Tls::http1(config));
+        self
+    }
+
     /// The underlying hyper builder, for its settings.
     pub fn builder_mut(&mut self) -> &mut http1::Builder {
         &mut self.builder
@@ -100,6 +119,7 @@ impl<B> fmt::Debug for Http1Connector<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Http1Connector")
             .field("origin", &self.core.origin)
+            .field("tls", &self.core.tls)
             .finish_non_exhaustive()
     }
 }
@@ -122,10 +142,12 @@ where
     fn call(&mut self, address: A) -> Self::Future {
         let builder = self.builder.clone();
         let origin = self.core.origin_for(&address);
+        let handshake = self.core.handshake_for(&address);
         let latest = self.core.latest.clone();
         let replay = Arc::new(self.core.replay.clone());
         Box::pin(async move {
-            let stream = address.dial().await?;
+            let handshake = handshake?;
+            let stream = secure(address.dial().await?, handshake.as_ref()).await?;
             let read = Arc::new(AtomicU64::new(0));
             let io = TokioIo::new(Observed::new(stream, ReadCount(read.clone())));
             let (send, connection) = builder.handshake::<_, ReplayBody<B>>(io).await?;

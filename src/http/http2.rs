@@ -25,7 +25,7 @@ use tower_service::Service;
 use super::{
     ArcError, ConnectionUnavailable, Dial, Origin,
     ahead::Ahead,
-    base::{Core, spawn_watched},
+    base::{Core, handshake_for, secure, spawn_watched},
     keep_alive::KeepAliveInterval,
     origin_for,
     replay::ReplayBody,
@@ -34,6 +34,7 @@ use super::{
         or_recover, unless_stranded,
     },
     sniff::{self, FrameWatch, Sniff, Status},
+    tls::Tls,
 };
 use crate::{
     BoxError, PersistentConnection, PersistentConnectionLayer, close::CloseReason,
@@ -234,6 +235,22 @@ impl<B> Http2Connector<B> {
         self
     }
 
+    /// Secures every connection with TLS: the handshake follows the TCP connect, within the
+    /// attempt (so the layer's connect timeout bounds it), offering ALPN `h2`; a server that
+    /// does not choose `h2` fails the attempt with a [`TlsError`](super::TlsError) that says
+    /// so. Requests get the `https` scheme. The name verified in the server's certificate and
+    /// sent as SNI is [`TlsConfig::server_name`](super::TlsConfig::server_name), else the
+    /// layer's server name (with [`PersistentConnectionLayer::http2`]), else the host of the
+    /// [origin](Self::origin); never the address dialed. A failed handshake (unknown issuer,
+    /// a certificate not valid for the name or expired, a client certificate the server
+    /// refuses) is a failed attempt, with a [`TlsError`](super::TlsError) that says why.
+    #[cfg(feature = "_tls")]
+    #[cfg_attr(docsrs, doc(cfg(any(feature = "tls", feature = "tls-aws-lc-rs"))))]
+    pub fn tls(mut self, config: super::TlsConfig) -> Self {
+        self.core.tls = Some(super::tls::Tls::h2(config));
+        self
+    }
+
     super::base::core_settings!(
         "Http2Connector",
         "http2",
@@ -271,6 +288,7 @@ impl<B> fmt::Debug for Http2Connector<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Http2Connector")
             .field("origin", &self.core.origin)
+            .field("tls", &self.core.tls)
             .field("keep_alive_interval", &self.keep_alive.get())
             .finish_non_exhaustive()
     }
@@ -295,6 +313,7 @@ where
         let dialer = Dialer {
             builder: self.builder.clone(),
             origin: self.core.origin.clone(),
+            tls: self.core.tls.clone(),
             keep_alive: self.keep_alive.clone(),
             latest: self.core.latest.clone(),
             replay: Arc::new(self.core.replay.clone()),
@@ -327,6 +346,7 @@ where
 struct Dialer<B> {
     builder: http2::Builder<TokioExecutor>,
     origin: Option<Arc<Origin>>,
+    tls: Option<Tls>,
     keep_alive: Arc<KeepAliveInterval>,
     latest: Newest<Shared<B>>,
     replay: Arc<ReplayConfig>,
@@ -340,6 +360,7 @@ impl<B> Clone for Dialer<B> {
         Self {
             builder: self.builder.clone(),
             origin: self.origin.clone(),
+            tls: self.tls.clone(),
             keep_alive: self.keep_alive.clone(),
             latest: self.latest.clone(),
             replay: self.replay.clone(),
@@ -364,7 +385,8 @@ where
         let keep_alive = self.keep_alive.clone();
         let interval = keep_alive.get();
         builder.keep_alive_interval(interval);
-        let origin = origin_for(&self.origin, &address);
+        let origin = origin_for(&self.origin, &address, self.tls.is_some());
+        let handshake = handshake_for(&self.tls, &self.origin, &address);
         let ahead = self.ahead.clone();
         let known = ahead.as_ref().and_then(Weak::upgrade);
         let threshold = known.as_ref().and_then(|ahead| ahead.threshold());
@@ -372,6 +394,7 @@ where
             .and_then(|ahead| ahead.limit())
             .filter(|_| self.replay.max_replays > 0);
         Box::pin(async move {
+            let handshake = handshake?;
             let stream = address.dial().await.map_err(|error| match error.kind() {
                 // The server took the connection and dropped it at once.
                 io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
@@ -379,6 +402,13 @@ where
                 }
                 _ => BoxError::from(error),
             })?;
+            let stream = secure(stream, handshake.as_ref()).await?;
+            // After the handshake, a failure that a TLS error caused (with TLS 1.3, a client
+            // certificate the server refuses shows on the first read) says so.
+            let explain = |error: BoxError| match &handshake {
+                Some(handshake) => handshake.explain(error),
+                None => error,
+            };
             let status = Arc::new(watch::Sender::new(Status::default()));
             let record = ahead.clone();
             let mut frames = FrameWatch::new(status.clone()).on_goaway(Arc::new(move |goaway| {
@@ -407,7 +437,7 @@ where
             let (send, connection) = builder
                 .handshake::<_, ReplayBody<B>>(io)
                 .await
-                .map_err(|error| NoPreface::because(error.into()))?;
+                .map_err(|error| explain(NoPreface::because(error.into())))?;
             let forget = ahead.clone();
             spawn_watched(connection, status.clone(), move |result, status| {
                 if status.retired && !status.goaway {
@@ -429,10 +459,10 @@ where
                 .unwrap_or(false);
             if !preface {
                 let ended = status.borrow().ended.clone();
-                return Err(match ended {
+                return Err(explain(match ended {
                     Some(Err(error)) => NoPreface::because(Box::new(ArcError(error))),
                     _ => NoPreface::because("the server closed the connection".into()),
-                });
+                }));
             }
             let newest = self.latest.subscribe();
             let shared = resend::publish(&self.latest, |number| {

@@ -22,6 +22,24 @@
 //! [`PersistentConnectionLayer::http2`], the layer's server name), never a replica's IP
 //! address, which changes on failover and is wrong for TLS and virtual hosts.
 //!
+//! # TLS
+//!
+//! With the feature `tls` (rustls through tokio-rustls, the `ring` provider; `tls-aws-lc-rs`
+//! for aws-lc-rs), `Http2Connector::tls` and `Http1Connector::tls` take a `TlsConfig`: the TLS
+//! handshake follows the TCP connect within the attempt, so the layer's connect timeout bounds
+//! it and a failed handshake is a failed attempt. ALPN is `h2` for HTTP/2 (a server that does
+//! not choose it is refused) and `http/1.1` for HTTP/1; requests get the `https` scheme. The
+//! name verified in the certificate and sent as SNI is the layer's server name (or
+//! `TlsConfig::server_name`), never the address dialed: with discovery, that is a replica's IP
+//! address, while the identity to check is the service's name. A failed handshake reports a
+//! `TlsError` that names the server name, the address and the reason, with the
+//! `rustls::Error` as its source. Roots come from a `rustls::RootCertStore`
+//! (`TlsConfig::from_roots`), Mozilla's list (`TlsConfig::webpki_roots`, feature
+//! `tls-webpki-roots`), the operating system (`TlsConfig::platform`, feature
+//! `tls-platform-verifier`), or a caller's `rustls::ClientConfig`
+//! (`TlsConfig::from_client_config`); `TlsConfig::client_auth` adds a client certificate
+//! (mutual TLS).
+//!
 //!
 //! # When the server says goodbye: what is replayed, what is not
 //!
@@ -112,6 +130,12 @@ mod observe;
 mod replay;
 mod resend;
 mod sniff;
+mod stream;
+#[cfg(feature = "_tls")]
+mod tls;
+#[cfg(not(feature = "_tls"))]
+#[path = "no_tls.rs"]
+mod tls;
 
 use std::{fmt, sync::Arc};
 
@@ -122,12 +146,21 @@ use http::{
     uri::{Authority, Parts, Scheme},
 };
 
+#[cfg(feature = "_tls")]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "tls", feature = "tls-aws-lc-rs"))))]
+pub use self::tls::{TlsConfig, TlsError};
 pub use self::{
     dial::Dial,
     http1::{Http1Connection, Http1Connector},
     http2::{Http2Connection, Http2Connector},
     resend::{Idempotent, NotProcessed},
 };
+/// The rustls this crate is built with, for the types [`TlsConfig`] takes
+/// ([`rustls::RootCertStore`], [`rustls::ClientConfig`], [`rustls::pki_types`]) and the errors
+/// [`TlsError`] carries.
+#[cfg(feature = "_tls")]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "tls", feature = "tls-aws-lc-rs"))))]
+pub use rustls;
 
 /// Why an HTTP connection takes no new request: the error of its `poll_ready`, or of a `call`
 /// made without a successful `poll_ready`. The layer takes it as the end of the connection and
@@ -241,15 +274,23 @@ fn name_origin(origin: &mut Option<Arc<Origin>>, server_name: Option<&str>) {
     }
 }
 
-/// The origin a connection uses: the configured one, or else the dialed address's.
-fn origin_for<A: Dial>(configured: &Option<Arc<Origin>>, address: &A) -> Arc<Origin> {
-    configured.clone().unwrap_or_else(|| {
+/// The origin a connection uses: the configured one, or else the dialed address's; with
+/// `tls`, its scheme is `https`.
+fn origin_for<A: Dial>(configured: &Option<Arc<Origin>>, address: &A, tls: bool) -> Arc<Origin> {
+    let origin = configured.clone().unwrap_or_else(|| {
         let authority = address.authority();
         Arc::new(Origin::parse(&authority).unwrap_or(Origin {
             scheme: Scheme::HTTP,
             authority: Authority::from_static("localhost"),
         }))
-    })
+    });
+    if tls && origin.scheme != Scheme::HTTPS {
+        return Arc::new(Origin {
+            scheme: Scheme::HTTPS,
+            authority: origin.authority.clone(),
+        });
+    }
+    origin
 }
 
 /// A shared hyper error, as an error of its own (`Arc<hyper::Error>` is not one).
