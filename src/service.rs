@@ -63,7 +63,7 @@ impl<S> PersistentConnection<S> {
     }
 
     /// The layer's server name (for `failfast`'s errors).
-    pub(crate) fn shared_server_name(&self) -> Arc<str> {
+    pub(crate) fn shared_server_name(&self) -> std::sync::Arc<str> {
         self.shared.server_name.clone()
     }
 

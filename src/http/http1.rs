@@ -8,7 +8,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll, ready},
 };
@@ -149,15 +149,19 @@ where
             let handshake = handshake?;
             let stream = secure(address.dial().await?, handshake.as_ref()).await?;
             let read = Arc::new(AtomicU64::new(0));
-            let io = TokioIo::new(Observed::new(stream, ReadCount(read.clone())));
+            let head = Arc::new(AtomicBool::new(false));
+            let io = TokioIo::new(Observed::new(
+                stream,
+                ReadCount::new(read.clone(), head.clone()),
+            ));
             let (send, connection) = builder.handshake::<_, ReplayBody<B>>(io).await?;
             let status = Arc::new(watch::Sender::new(Status::default()));
-            let answered = read.clone();
+            let answered = head;
             let permits = Arc::new(Semaphore::new(1));
             let idle = permits.clone();
             spawn_watched(connection, status.clone(), move |result, status| {
-                // Whatever the server sent was an answer: a response (head) arrived.
-                status.served |= answered.load(Ordering::Acquire) > 0;
+                // Served: a whole response head arrived (not noise, not a head without end).
+                status.served |= answered.load(Ordering::Acquire);
                 match result {
                     // hyper reports a server's close of an idle keep-alive connection as an
                     // incomplete message; with no request holding the connection, it is the
@@ -409,12 +413,71 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Counts the bytes read from a connection.
-struct ReadCount(Arc<AtomicU64>);
+/// Counts the bytes read from a connection, and notes when the first complete response head
+/// has arrived: bytes that start with `HTTP/1.` and reach an empty line. Noise, or a head
+/// that never ends, is no answer: the server has not served, whatever it sent.
+struct ReadCount {
+    read: Arc<AtomicU64>,
+    head: Arc<AtomicBool>,
+    sniff: HeadSniff,
+}
+
+impl ReadCount {
+    fn new(read: Arc<AtomicU64>, head: Arc<AtomicBool>) -> Self {
+        Self {
+            read,
+            head,
+            sniff: HeadSniff::Prefix(0),
+        }
+    }
+}
+
+/// Where the first response head stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HeadSniff {
+    /// This many bytes of `HTTP/1.` matched so far.
+    Prefix(usize),
+    /// In the head: the last bytes read, for the empty line that ends it.
+    Head(u32),
+    /// A whole head has arrived.
+    Done,
+    /// The server's first bytes were not an HTTP/1 response.
+    Noise,
+}
+
+const STATUS_LINE: &[u8] = b"HTTP/1.";
+const END_OF_HEAD: u32 = u32::from_be_bytes(*b"\r\n\r\n");
+
+impl HeadSniff {
+    fn step(self, bytes: &[u8]) -> Self {
+        let mut state = self;
+        for &byte in bytes {
+            state = match state {
+                Self::Prefix(n) if STATUS_LINE[n] == byte => match n + 1 {
+                    matched if matched == STATUS_LINE.len() => Self::Head(0),
+                    matched => Self::Prefix(matched),
+                },
+                Self::Prefix(_) => Self::Noise,
+                Self::Head(last) => match last << 8 | u32::from(byte) {
+                    END_OF_HEAD => Self::Done,
+                    last => Self::Head(last),
+                },
+                done_or_noise => return done_or_noise,
+            };
+        }
+        state
+    }
+}
 
 impl ReadObserver for ReadCount {
     fn observe(&mut self, bytes: &[u8]) {
-        self.0.fetch_add(bytes.len() as u64, Ordering::Release);
+        self.read.fetch_add(bytes.len() as u64, Ordering::Release);
+        if matches!(self.sniff, HeadSniff::Prefix(_) | HeadSniff::Head(_)) {
+            self.sniff = self.sniff.step(bytes);
+            if self.sniff == HeadSniff::Done {
+                self.head.store(true, Ordering::Release);
+            }
+        }
     }
 }
 
@@ -481,5 +544,43 @@ where
             .with_request_counters(counters)
             .close_signal(Http1Connection::closed);
         Self::new(changes, layer, connector)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeadSniff;
+
+    fn sniff(chunks: &[&[u8]]) -> HeadSniff {
+        chunks
+            .iter()
+            .fold(HeadSniff::Prefix(0), |state, chunk| state.step(chunk))
+    }
+
+    /// A response head counts once it is whole, wherever the reads split it; noise, and a head
+    /// that never ends, never count.
+    #[test]
+    fn a_response_head_counts_once_whole_and_noise_never() {
+        let head: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        for split in 1..head.len() {
+            let (a, b) = head.split_at(split);
+            assert_eq!(sniff(&[a, b]), HeadSniff::Done, "split at {split}");
+        }
+        assert!(matches!(
+            sniff(&[b"HTTP/1.1 200 OK\r\n"]),
+            HeadSniff::Head(_)
+        ));
+        assert_eq!(sniff(&[b"garbage\r\n\r\n"]), HeadSniff::Noise);
+        assert_eq!(sniff(&[b"HTTX"]), HeadSniff::Noise);
+        assert_eq!(
+            sniff(&[b"\0\0\x04\0\0\0\0\0\0"]),
+            HeadSniff::Noise,
+            "an HTTP/2 frame"
+        );
+        let endless = vec![b'x'; 100_000];
+        assert!(matches!(
+            sniff(&[b"HTTP/1.1 200 OK\r\n", &endless]),
+            HeadSniff::Head(_)
+        ));
     }
 }

@@ -9,7 +9,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, PoisonError, Weak,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -123,6 +123,8 @@ pub struct Http2Connector<B> {
     keep_alive: Arc<KeepAliveInterval>,
     /// The server's request limit and the connection dialed ahead of it; `None` when off.
     ahead: Option<Arc<Ahead<Http2Connection<B>>>>,
+    /// Whether pings go out while no request is in flight (`keep_alive_while_idle`).
+    idle_pings: bool,
     _body: PhantomData<fn(B)>,
 }
 
@@ -142,6 +144,7 @@ impl<B> Http2Connector<B> {
             core: Core::new(),
             keep_alive: Arc::new(KeepAliveInterval::new(Some(KEEP_ALIVE_INTERVAL))),
             ahead: Some(Arc::new(Ahead::new())),
+            idle_pings: false,
             _body: PhantomData,
         }
     }
@@ -182,6 +185,7 @@ impl<B> Http2Connector<B> {
     /// replaced before a request needs it; see [Keep-alive](Self#keep-alive).
     pub fn keep_alive_while_idle(mut self, enabled: bool) -> Self {
         self.builder.keep_alive_while_idle(enabled);
+        self.idle_pings = enabled;
         self
     }
 
@@ -279,6 +283,7 @@ impl<B> Clone for Http2Connector<B> {
             core: self.core.fork(),
             keep_alive: self.keep_alive.clone(),
             ahead: self.ahead.as_ref().map(|_| Arc::new(Ahead::new())),
+            idle_pings: self.idle_pings,
             _body: PhantomData,
         }
     }
@@ -318,6 +323,7 @@ where
             latest: self.core.latest.clone(),
             replay: Arc::new(self.core.replay.clone()),
             ahead: self.ahead.as_ref().map(Arc::downgrade),
+            idle_pings: self.idle_pings,
         };
         let spare = self
             .ahead
@@ -353,6 +359,7 @@ struct Dialer<B> {
     /// Weak: a connection dialed ahead, held by the connector, watches its own frames with a
     /// dialer, and must not keep the connector's state alive.
     ahead: Option<Weak<Ahead<Http2Connection<B>>>>,
+    idle_pings: bool,
 }
 
 impl<B> Clone for Dialer<B> {
@@ -365,6 +372,7 @@ impl<B> Clone for Dialer<B> {
             latest: self.latest.clone(),
             replay: self.replay.clone(),
             ahead: self.ahead.clone(),
+            idle_pings: self.idle_pings,
         }
     }
 }
@@ -411,8 +419,17 @@ where
             };
             let status = Arc::new(watch::Sender::new(Status::default()));
             let record = ahead.clone();
+            let pinged = Pinged {
+                asked: Arc::new(AtomicBool::new(false)),
+                pings: interval.is_some(),
+                while_idle: self.idle_pings,
+            };
+            let could_ping = pinged.clone();
             let mut frames = FrameWatch::new(status.clone()).on_goaway(Arc::new(move |goaway| {
-                keep_alive.on_goaway(interval, goaway);
+                // A complaint of pings the connection never sent is no reason to slow down.
+                if could_ping.could_have_pinged() {
+                    keep_alive.on_goaway(interval, goaway);
+                }
                 if let Some(ahead) = record.as_ref().and_then(Weak::upgrade) {
                     if goaway.error_code == 0 {
                         ahead.record_goodbye(goaway.last_stream_id);
@@ -453,13 +470,21 @@ where
             // preface, so a server that accepts and closes at once is no connection.
             let mut observed = status.subscribe();
             let preface = observed
-                .wait_for(|status| status.preface || status.ended.is_some())
+                .wait_for(|status| status.preface || status.not_a_preface || status.ended.is_some())
                 .await
                 .map(|status| status.preface)
                 .unwrap_or(false);
             if !preface {
-                let ended = status.borrow().ended.clone();
+                let (ended, not_a_preface) = {
+                    let status = status.borrow();
+                    (status.ended.clone(), status.not_a_preface)
+                };
                 return Err(explain(match ended {
+                    _ if not_a_preface => NoPreface::because(
+                        "the server's first frame was not its SETTINGS (it does not speak \
+                         HTTP/2 with prior knowledge)"
+                            .into(),
+                    ),
                     Some(Err(error)) => NoPreface::because(Box::new(ArcError(error))),
                     _ => NoPreface::because("the server closed the connection".into()),
                 }));
@@ -477,6 +502,7 @@ where
                     },
                     retire_after,
                     sent: AtomicU32::new(0),
+                    pinged,
                     publish: status.clone(),
                 })
             })?;
@@ -540,6 +566,9 @@ struct Shared<B> {
     retire_after: Option<u32>,
     /// Requests sent (counted only when `retire_after` is set).
     sent: AtomicU32,
+    /// Whether a request was sent, and whether pings go out while idle: what a server's
+    /// goodbye must be checked against.
+    pinged: Pinged,
     /// Where the connection's retirement is published.
     publish: Arc<watch::Sender<Status>>,
 }
@@ -559,14 +588,19 @@ impl<B> Http2Connection<B> {
     /// [`Http2Connector::dial_ahead`]).
     pub fn closed(&self) -> impl Future<Output = CloseReason> + Send + use<B> {
         let status = self.shared.status.clone();
+        let pinged = self.shared.pinged.clone();
         async move {
             let status = sniff::until(status, closing).await;
+            let asked = pinged.asked();
             match status {
-                // Our pings were too frequent, not the server broken: replace at once.
+                // Our pings were too frequent, not the server broken: replace at once. (Not
+                // when no ping can have gone out: then it is a goodbye with an error code.)
                 Status {
                     goaway_frame: Some(goaway),
                     ..
-                } if goaway.is_too_many_pings() => CloseReason::Graceful,
+                } if goaway.is_too_many_pings() && pinged.could_have_pinged() => {
+                    CloseReason::Graceful
+                }
                 // A goodbye with an error code is no orderly goodbye.
                 Status {
                     goaway_frame: Some(goaway),
@@ -581,7 +615,7 @@ impl<B> Http2Connection<B> {
                 } => CloseReason::Error(Box::new(ArcError(error))),
                 // Our own decision at the server's request limit: replace at once.
                 Status { retired: true, .. } => CloseReason::Graceful,
-                status if status.has_served() => CloseReason::Graceful,
+                status if status.has_served(asked) => CloseReason::Graceful,
                 _ => CloseReason::GracefulBeforeServing,
             }
         }
@@ -641,6 +675,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        self.shared.pinged.ask();
         let (request, kept) = Kept::prepare(request, &self.shared.lineage.config, true);
         let sent = match self.shared.admit() {
             Admit::Send => send_on(&mut self.send, &self.shared, request),
@@ -808,6 +843,40 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
                 .close_signal(Http2Connection::closed),
             connector,
         )
+    }
+}
+
+// === what a server's goodbye is checked against ===
+
+/// Whether a connection has sent a request, and whether it pings while idle: a `GOAWAY`
+/// naming a stream counts as service only after a request, and a complaint of too many pings
+/// only when a ping can have gone out (else a hostile server could make the client reconnect
+/// in a loop, or slow every clone's keep-alive). Shared by the connection and its close
+/// signal, which must not hold the connection itself.
+#[derive(Clone)]
+struct Pinged {
+    asked: Arc<AtomicBool>,
+    /// Keep-alive is on.
+    pings: bool,
+    while_idle: bool,
+}
+
+impl Pinged {
+    /// Notes that a request is being sent: a load, and a store only the first time.
+    fn ask(&self) {
+        if !self.asked.load(Ordering::Relaxed) {
+            self.asked.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn asked(&self) -> bool {
+        self.asked.load(Ordering::Relaxed)
+    }
+
+    /// Keep-alive is on, and pings go out while idle or a request was sent (they go out
+    /// while requests are in flight).
+    fn could_have_pinged(&self) -> bool {
+        self.pings && (self.while_idle || self.asked())
     }
 }
 

@@ -27,8 +27,12 @@ use super::observe::{Observed, ReadObserver};
 /// What the server has sent so far, and how the connection ended.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Status {
-    /// The server's first frame has arrived.
+    /// The server's preface has arrived: a first frame that is a `SETTINGS` frame (on stream
+    /// 0, not an acknowledgement), with all of its payload.
     pub(crate) preface: bool,
+    /// The server's first frame was something else: it does not speak HTTP/2 (an HTTP/1
+    /// error page parses as a frame header too), or is hostile.
+    pub(crate) not_a_preface: bool,
     /// HTTP/2: the connection reached the server's request limit and takes no new request
     /// (see `ahead`).
     pub(crate) retired: bool,
@@ -50,11 +54,15 @@ impl Status {
     /// than the maximum, which a two-step shutdown's first `GOAWAY` carries whatever was
     /// sent). A server that takes a burst of requests and says goodbye in the same breath
     /// (nginx at `keepalive_requests`) may send its `GOAWAY` before the first response.
-    pub(crate) fn has_served(&self) -> bool {
+    ///
+    /// `asked`: whether a request was sent on the connection. Before one, a `GOAWAY` naming a
+    /// stream names none of ours (a hostile or broken server), and is no service.
+    pub(crate) fn has_served(&self, asked: bool) -> bool {
         self.served
-            || self.goaway_frame.as_ref().is_some_and(|goaway| {
-                goaway.last_stream_id != 0 && goaway.last_stream_id != MAX_STREAM_ID
-            })
+            || asked
+                && self.goaway_frame.as_ref().is_some_and(|goaway| {
+                    goaway.last_stream_id != 0 && goaway.last_stream_id != MAX_STREAM_ID
+                })
     }
 }
 
@@ -127,6 +135,8 @@ pub(crate) type OnGoAway = Arc<dyn Fn(&GoAway) + Send + Sync>;
 const FRAME_HEADER: usize = 9;
 const GOAWAY: u8 = 0x7;
 const HEADERS: u8 = 0x1;
+const SETTINGS: u8 = 0x4;
+const ACK: u8 = 0x1;
 /// Last stream id and error code.
 const GOAWAY_FIXED: usize = 8;
 /// How much of a `GOAWAY`'s debug data is kept.
@@ -197,6 +207,10 @@ struct Frames {
     payload: usize,
     /// The kept bytes of the current `GOAWAY`'s payload, while it is being read.
     goaway: Option<Vec<u8>>,
+    /// Whether a frame header has been read yet.
+    first_seen: bool,
+    /// The first frame is the server's `SETTINGS`, whose payload is still being read.
+    in_preface: bool,
     /// The highest stream on which a response (`HEADERS`) has arrived; 0 before any.
     highest_response: u32,
 }
@@ -222,6 +236,9 @@ impl Frames {
                     if let Some(kept) = self.goaway.take() {
                         publish_goaway(status, parse_goaway(&kept), on_goaway);
                     }
+                    if std::mem::take(&mut self.in_preface) {
+                        status.send_modify(|status| status.preface = true);
+                    }
                 }
                 continue;
             }
@@ -237,13 +254,22 @@ impl Frames {
                     | usize::from(header[2]);
                 let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
                 let stream = stream & 0x7fff_ffff;
+                if !std::mem::replace(&mut self.first_seen, true) {
+                    if header[3] == SETTINGS && stream == 0 && header[4] & ACK == 0 {
+                        match self.payload {
+                            0 => status.send_modify(|status| status.preface = true),
+                            _ => self.in_preface = true,
+                        }
+                    } else {
+                        status.send_modify(|status| status.not_a_preface = true);
+                    }
+                }
                 let served = header[3] == HEADERS && stream != 0;
                 if served {
                     self.highest_response = self.highest_response.max(stream);
                 }
                 status.send_if_modified(|status| {
-                    let changed = !status.preface || (served && !status.served);
-                    status.preface = true;
+                    let changed = served && !status.served;
                     status.served |= served;
                     changed
                 });
@@ -384,6 +410,53 @@ mod tests {
         // A GOAWAY byte inside a payload is not a GOAWAY frame.
         let status = run(&[&frame(0x0, &[GOAWAY; 20])]);
         assert!(!status.goaway);
+    }
+
+    /// The preface is the server's first frame when it is a `SETTINGS` frame on stream 0,
+    /// not an acknowledgement, once all of its payload has arrived: a header followed by a
+    /// trickled payload is no preface yet. Any other first frame is no preface at all (an
+    /// HTTP/1 answer parses as a frame header too).
+    #[test]
+    fn the_preface_is_a_whole_settings_frame_and_nothing_else() {
+        let settings = frame(SETTINGS, &[0; 12]);
+        let partial = run(&[&settings[..FRAME_HEADER + 5]]);
+        assert!(
+            !partial.preface && !partial.not_a_preface,
+            "payload still coming"
+        );
+        assert!(run(&[&settings[..FRAME_HEADER + 5], &settings[FRAME_HEADER + 5..]]).preface);
+        assert!(
+            run(&[&frame(SETTINGS, &[])]).preface,
+            "an empty SETTINGS is whole at once"
+        );
+
+        let not = |bytes: &[u8]| {
+            let status = run(&[bytes]);
+            !status.preface && status.not_a_preface
+        };
+        assert!(not(&frame(HEADERS, &[0; 4])), "HEADERS first");
+        assert!(
+            not(&stream_frame(SETTINGS, 1, &[0; 6])),
+            "SETTINGS on a stream"
+        );
+        let mut ack = frame(SETTINGS, &[]);
+        ack[4] = ACK;
+        assert!(not(&ack), "a SETTINGS acknowledgement first");
+        assert!(not(b"HTTP/1.1 400 Bad Request\r\n\r\n"), "an HTTP/1 answer");
+        // What follows a wrong first frame does not make it a preface.
+        let status = run(&[&frame(HEADERS, &[0; 4]), &frame(SETTINGS, &[])]);
+        assert!(!status.preface && status.not_a_preface);
+    }
+
+    /// A `GOAWAY` naming a stream is service only once a request was sent on the connection.
+    #[test]
+    fn a_goaway_naming_a_stream_before_any_request_is_no_service() {
+        let status = run(&[
+            &frame(SETTINGS, &[]),
+            &frame(GOAWAY, &goaway_payload(1, 0, b"")),
+        ]);
+        assert!(!status.has_served(false));
+        assert!(status.has_served(true));
     }
 
     /// The GOAWAY payload is parsed wherever the reads split it: last stream id (reserved bit
@@ -541,7 +614,7 @@ mod tests {
         // GOAWAY before any response: not served.
         let status = run(&[&frame(0x4, &[]), &frame(GOAWAY, &[0; 8])]);
         assert!(status.goaway && !status.served);
-        assert!(!status.has_served());
+        assert!(!status.has_served(true));
     }
 
     /// A `GOAWAY` naming a stream the server took counts as having served, also before any
@@ -551,13 +624,13 @@ mod tests {
     fn a_goaway_naming_a_taken_stream_counts_as_served() {
         let settings = frame(0x4, &[]);
         let served = |last: u32| {
-            run(&[&settings, &frame(GOAWAY, &goaway_payload(last, 0, b""))]).has_served()
+            run(&[&settings, &frame(GOAWAY, &goaway_payload(last, 0, b""))]).has_served(true)
         };
         assert!(served(1));
         assert!(served(399));
         assert!(!served(0));
         assert!(!served(0x7fff_ffff));
         let answered = run(&[&settings, &stream_frame(HEADERS, 1, &[0x88])]);
-        assert!(answered.has_served() && answered.goaway_frame.is_none());
+        assert!(answered.has_served(true) && answered.goaway_frame.is_none());
     }
 }
