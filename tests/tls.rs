@@ -588,3 +588,114 @@ async fn the_platform_verifier_does_not_trust_a_private_ca() {
     );
     within(SOON, "close", svc.handle().close()).await;
 }
+
+// === Hostile peers on the TLS port ===
+
+/// A loopback server that answers every connection with `reply` (written `pace` apart, a byte
+/// at a time when `pace` is set), then holds it open; counts connections.
+async fn hostile(
+    reply: &'static [u8],
+    pace: Option<Duration>,
+) -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (accepted_tx, accepted) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let _ = accepted_tx.send(());
+            tokio::spawn(async move {
+                match pace {
+                    None => {
+                        let _ = tcp.write_all(reply).await;
+                    }
+                    Some(pace) => {
+                        for byte in reply {
+                            if tcp.write_all(&[*byte]).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(pace).await;
+                        }
+                    }
+                }
+                // Held open: the client must end it.
+                let mut sink = [0u8; 1024];
+                while tokio::io::AsyncReadExt::read(&mut tcp, &mut sink)
+                    .await
+                    .is_ok_and(|n| n > 0)
+                {}
+            });
+        }
+    });
+    (addr, accepted, server)
+}
+
+/// A plaintext HTTP server on the TLS port answers the ClientHello with an HTTP/1 error:
+/// a failed attempt whose error keeps rustls's complaint, no connection, and attempts at the
+/// policy's pace (not in a loop).
+#[tokio::test]
+async fn garbage_instead_of_a_tls_handshake_is_a_failed_attempt_at_the_policys_pace() {
+    let pki = Pki::new("test CA");
+    let (addr, mut accepted, server) = hostile(
+        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n",
+        None,
+    )
+    .await;
+    let (svc, events) = http2(addr, TlsConfig::from_roots(pki.roots()));
+    let error = next_failure(&svc).await;
+    println!("{error}");
+    assert_eq!(error.kind(), ConnectErrorKind::Connect, "{error}");
+    assert!(
+        tls_error(&error).rustls_error().is_some(),
+        "the rustls error is kept: {error}"
+    );
+    // Attempts over a period, at most one per retry delay (plus the first).
+    let period = RETRY * 10;
+    let start = tokio::time::Instant::now();
+    let mut attempts = 0;
+    while start.elapsed() < period {
+        if within(SOON, "an attempt", accepted.recv()).await.is_some() {
+            attempts += 1;
+        }
+    }
+    println!(
+        "{attempts} attempts in {:?} at a {RETRY:?} retry delay",
+        start.elapsed()
+    );
+    assert!(
+        attempts <= 10 + 2,
+        "{attempts} attempts: faster than the policy"
+    );
+    assert_eq!(events.count(connected), 0);
+    within(SOON, "close", svc.handle().close()).await;
+    server.abort();
+}
+
+/// A server that trickles its answer a byte every 100 ms never completes a handshake: the
+/// connect timeout ends each attempt.
+#[tokio::test]
+async fn a_handshake_trickled_a_byte_at_a_time_ends_at_the_connect_timeout() {
+    let pki = Pki::new("test CA");
+    // The start of a TLS record (handshake, TLS 1.2) that never completes.
+    let (addr, mut accepted, server) = hostile(
+        &[0x16, 0x03, 0x03, 0x40, 0x00, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+        Some(Duration::from_millis(100)),
+    )
+    .await;
+    let svc: H2 = PersistentConnectionLayer::fixed_address(addr)
+        .server_name(NAME)
+        .retry_delay(|| RETRY)
+        .connect_timeout(Duration::from_millis(300))
+        .http2(Http2Connector::new().tls(TlsConfig::from_roots(pki.roots())));
+    let error = next_failure(&svc).await;
+    assert_eq!(error.kind(), ConnectErrorKind::Timeout, "{error}");
+    for _ in 0..2 {
+        within(SOON, "an attempt", accepted.recv()).await.unwrap();
+    }
+    within(SOON, "close", svc.handle().close()).await;
+    server.abort();
+}
