@@ -169,7 +169,7 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         match &mut self.connection {
             Some(connection) => ResponseFuture::sent(connection.call(request)),
-            None => ResponseFuture::failed(NotReady.into()),
+            None => ResponseFuture::not_ready(),
         }
     }
 }
@@ -251,10 +251,14 @@ pin_project! {
 }
 
 pin_project! {
+    // `NotReady` carries no error (it makes its zero-sized one when polled): a variant holding
+    // an `Option<BoxError>` gave every response future a drop that may call into the box's
+    // vtable, and the caller more to build, check and keep per request (about 0.3 ns of the
+    // hot path's overhead over a bare connection; see BENCHMARKS.md).
     #[project = KindProj]
     enum Kind<F> {
         Sent { #[pin] future: F },
-        Failed { error: Option<BoxError> },
+        NotReady,
     }
 }
 
@@ -266,9 +270,11 @@ impl<F> ResponseFuture<F> {
         }
     }
 
-    fn failed(error: BoxError) -> Self {
+    /// The future of a `call` made without a connection: it fails with [`NotReady`] (a
+    /// zero-sized error: boxing it does not allocate).
+    fn not_ready() -> Self {
         Self {
-            kind: Kind::Failed { error: Some(error) },
+            kind: Kind::NotReady,
         }
     }
 }
@@ -284,9 +290,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Sent { future } => future.poll(cx).map_err(Into::into),
-            KindProj::Failed { error } => Poll::Ready(Err(error
-                .take()
-                .expect("ResponseFuture polled after completion"))),
+            KindProj::NotReady => Poll::Ready(Err(NotReady.into())),
         }
     }
 }
@@ -295,7 +299,7 @@ impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.kind {
             Kind::Sent { .. } => "Sent",
-            Kind::Failed { .. } => "Failed",
+            Kind::NotReady => "NotReady",
         };
         f.debug_struct("ResponseFuture")
             .field("kind", &kind)
