@@ -34,15 +34,22 @@ impl Closed {
     /// assert!(Closed::find_in(&*err).is_some());
     /// ```
     pub fn find_in<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a Self> {
-        let mut next = Some(error);
-        while let Some(error) = next {
-            if let Some(closed) = error.downcast_ref::<Self>() {
-                return Some(closed);
-            }
-            next = error.source();
-        }
-        None
+        find_in_chain(error)
     }
+}
+
+/// The `T` in `error` or anywhere in its chain of sources (a `Buffer` wraps errors).
+pub(crate) fn find_in_chain<'a, T: Error + 'static>(
+    error: &'a (dyn Error + 'static),
+) -> Option<&'a T> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(found) = error.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = error.source();
+    }
+    None
 }
 
 impl fmt::Debug for Closed {

@@ -325,14 +325,7 @@ impl Unavailable {
 
     /// The `Unavailable` in `error` or anywhere in its chain of sources, as a `Buffer` wraps it.
     pub fn find<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a Self> {
-        let mut next = Some(error);
-        while let Some(error) = next {
-            if let Some(unavailable) = error.downcast_ref::<Self>() {
-                return Some(unavailable);
-            }
-            next = error.source();
-        }
-        None
+        crate::error::find_in_chain(error)
     }
 }
 
