@@ -4,7 +4,7 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
 };
 
 use pin_project_lite::pin_project;
@@ -96,13 +96,13 @@ impl<S: Clone> PersistentConnection<S> {
 
     /// The slow path of `poll_ready`: the shared word has changed, or this clone's connection
     /// is dead. Takes the new connection, or registers to be woken.
-    fn refresh(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn refresh(&mut self, cx: &mut Context<'_>) -> Readiness {
         loop {
             let word = self.shared.load();
             if word.is_closed() {
                 self.connection = None;
                 self.word = word;
-                return Poll::Ready(Err(Closed::new().into()));
+                return Readiness::Closed;
             }
             if word.is_connected() && word != self.word {
                 // A connection this clone has not tried yet.
@@ -112,7 +112,7 @@ impl<S: Clone> PersistentConnection<S> {
                 }
                 self.connection = connection;
                 self.word = word;
-                return Poll::Ready(Ok(()));
+                return Readiness::Ready;
             }
             // Not connected, or connected to the connection this clone saw fail: drop any old
             // copy and wait for the next change. The waker is stored before the word is read
@@ -121,7 +121,7 @@ impl<S: Clone> PersistentConnection<S> {
             self.word = word;
             self.waiter.register(&self.shared, cx.waker());
             if self.shared.load() == word {
-                return Poll::Pending;
+                return Readiness::Pending;
             }
         }
     }
@@ -159,10 +159,10 @@ where
                     return Poll::Ready(Ok(()));
                 }
                 // Never poll the connection twice: its answer goes to the slow path.
-                return self.poll_ready_slow(cx, Some(polled));
+                return self.poll_ready_slow(cx, Some(polled)).into_poll();
             }
         }
-        self.poll_ready_slow(cx, None)
+        self.poll_ready_slow(cx, None).into_poll()
     }
 
     #[inline]
@@ -184,7 +184,7 @@ impl<S: Clone> PersistentConnection<S> {
         &mut self,
         cx: &mut Context<'_>,
         mut polled: Option<Poll<Result<(), S::Error>>>,
-    ) -> Poll<Result<(), BoxError>>
+    ) -> Readiness
     where
         S: Service<Req>,
         S::Error: Into<BoxError>,
@@ -198,13 +198,13 @@ impl<S: Clone> PersistentConnection<S> {
                 (None, _) => None,
             };
             match polled {
-                Some((_, Poll::Ready(Ok(())))) => return Poll::Ready(Ok(())),
+                Some((_, Poll::Ready(Ok(())))) => return Readiness::Ready,
                 Some((word, Poll::Pending)) => {
                     // Also wait on the shared state: a connection that registers no waker
                     // (hyper's HTTP/2) must not hide a disconnect from us.
                     self.waiter.register(&self.shared, cx.waker());
                     if self.shared.load() == word {
-                        return Poll::Pending;
+                        return Readiness::Pending;
                     }
                 }
                 Some((word, Poll::Ready(Err(error)))) => {
@@ -218,7 +218,32 @@ impl<S: Clone> PersistentConnection<S> {
                 }
                 None => {}
             }
-            ready!(self.refresh(cx))?;
+            match self.refresh(cx) {
+                Readiness::Ready => {}
+                other => return other,
+            }
+        }
+    }
+}
+
+/// What the slow path of `poll_ready` found. One byte, so that it comes back in a register: a
+/// `Poll<Result<(), BoxError>>` is two words and comes back through memory, and the fast path,
+/// which joins it, then paid a store and a load of its own answer on every request (see
+/// BENCHMARKS.md, "Hot path").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Readiness {
+    Ready,
+    Pending,
+    Closed,
+}
+
+impl Readiness {
+    #[inline(always)]
+    fn into_poll(self) -> Poll<Result<(), BoxError>> {
+        match self {
+            Self::Ready => Poll::Ready(Ok(())),
+            Self::Pending => Poll::Pending,
+            Self::Closed => Poll::Ready(Err(Closed::new().into())),
         }
     }
 }
