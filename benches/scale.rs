@@ -17,7 +17,8 @@
 //! Figures per run:
 //! - time to connect them all: from the first connect to the last connection up (for the
 //!   layer: every `Handle::connected()` resolved; the connector also waits for the server's
-//!   HTTP/2 preface, which a raw handshake does not);
+//!   HTTP/2 preface, which a raw handshake does not), and the client's CPU time over that
+//!   phase (less sensitive than the wall time to what else the machine runs);
 //! - memory: live heap bytes the connect phase left allocated (a counting allocator,
 //!   `allocation-counter`, on the only thread the client uses), and the growth of the
 //!   process's resident set (`VmRSS`); per connection, and the case's excess over `raw`;
@@ -158,6 +159,7 @@ fn exit_when_stdin_closes() {
 struct Measured {
     connections: usize,
     connect_ms: f64,
+    connect_cpu_ms: f64,
     heap_bytes: i64,
     heap_blocks: i64,
     rss_kib: i64,
@@ -172,10 +174,11 @@ struct Measured {
 impl Measured {
     fn to_line(&self) -> String {
         format!(
-            "result connections={} connect_ms={:.1} heap_bytes={} heap_blocks={} rss_kib={} \
+            "result connections={} connect_ms={:.1} connect_cpu_ms={:.1} heap_bytes={} heap_blocks={} rss_kib={} \
              idle_secs={} idle_cpu_ns={} idle_ticks={} idle_voluntary={} idle_involuntary={} still_up={}",
             self.connections,
             self.connect_ms,
+            self.connect_cpu_ms,
             self.heap_bytes,
             self.heap_blocks,
             self.rss_kib,
@@ -195,6 +198,7 @@ impl Measured {
             match key {
                 "connections" => m.connections = value.parse().ok()?,
                 "connect_ms" => m.connect_ms = value.parse().ok()?,
+                "connect_cpu_ms" => m.connect_cpu_ms = value.parse().ok()?,
                 "heap_bytes" => m.heap_bytes = value.parse().ok()?,
                 "heap_blocks" => m.heap_blocks = value.parse().ok()?,
                 "rss_kib" => m.rss_kib = value.parse().ok()?,
@@ -242,6 +246,7 @@ fn client(args: &[String]) {
 
     // Connect, counting what stays allocated.
     let rss_before = rss_kib();
+    let cpu_before = Usage::now().cpu_ns;
     let mut kept = None;
     let mut connect = Duration::ZERO;
     let heap = allocation_counter::measure(|| {
@@ -255,6 +260,7 @@ fn client(args: &[String]) {
         }));
         connect = started.elapsed();
     });
+    let connect_cpu = Usage::now().cpu_ns - cpu_before;
     let rss_after = rss_kib();
     let kept = kept.expect("connected");
 
@@ -269,6 +275,7 @@ fn client(args: &[String]) {
     let measured = Measured {
         connections: n,
         connect_ms: connect.as_secs_f64() * 1e3,
+        connect_cpu_ms: connect_cpu as f64 / 1e6,
         heap_bytes: heap.bytes_current,
         heap_blocks: heap.count_current,
         rss_kib: rss_after - rss_before,
@@ -582,16 +589,16 @@ fn report(n: usize, idle: Duration, rounds: usize, results: &[Vec<Measured>]) {
          excess = case - raw, per connection (the raw figure of the same round).\n"
     );
     println!(
-        "| case | connect all (ms) | x raw | heap/conn (B) | heap blocks/conn | excess heap/conn (B) | RSS/conn (B) | excess RSS/conn (B) |"
+        "| case | connect all (ms) | x raw | client CPU to connect (ms) | x raw | heap/conn (B) | heap blocks/conn | excess heap/conn (B) | RSS/conn (B) | excess RSS/conn (B) |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (index, case) in CASES.iter().enumerate() {
         // Ratios and excesses per round (against that round's raw run), then the median.
-        let ratio = {
+        let ratio = |f: &dyn Fn(&Measured) -> f64| {
             let mut values: Vec<f64> = results[index]
                 .iter()
                 .zip(&results[0])
-                .map(|(m, raw)| m.connect_ms / raw.connect_ms)
+                .map(|(m, raw)| f(m) / f(raw))
                 .collect();
             median(&mut values)
         };
@@ -604,15 +611,27 @@ fn report(n: usize, idle: Duration, rounds: usize, results: &[Vec<Measured>]) {
             median(&mut values)
         };
         println!(
-            "| {case} | {:.0} | {:.2} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} |",
+            "| {case} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} |",
             med(index, &|m| m.connect_ms),
-            ratio,
+            ratio(&|m| m.connect_ms),
+            med(index, &|m| m.connect_cpu_ms),
+            ratio(&|m| m.connect_cpu_ms),
             per(med(index, &|m| m.heap_bytes as f64)),
             per(med(index, &|m| m.heap_blocks as f64)),
             excess(&|m| m.heap_bytes as f64),
             per(med(index, &|m| m.rss_kib as f64 * 1024.0)),
             excess(&|m| m.rss_kib as f64 * 1024.0),
         );
+    }
+    println!("\nConnect all, each run (wall ms / client CPU ms):\n");
+    println!("| case | runs |");
+    println!("|---|---|");
+    for (index, case) in CASES.iter().enumerate() {
+        let runs: Vec<String> = results[index]
+            .iter()
+            .map(|m| format!("{:.0} / {:.0}", m.connect_ms, m.connect_cpu_ms))
+            .collect();
+        println!("| {case} | {} |", runs.join(", "));
     }
     println!(
         "\nWhile idle ({} s, after a 1 s settle; no requests): the whole client process.\n",
