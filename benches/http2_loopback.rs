@@ -26,7 +26,10 @@
 //!
 //! `cargo bench --bench http2_loopback` for the figures (about 3 minutes);
 //! `cargo bench --bench http2_loopback -- --test` for one short round of every variant, which
-//! only checks that each runs without errors.
+//! only checks that each runs without errors;
+//! `cargo bench --bench http2_loopback -- --only CLIENT MODE N` for `N` requests through one
+//! client alone (`raw_h2`, `ours_h2`, `channel`, `ours_grpc`, `balance_channel`,
+//! `ours_balanced`; mode `seq` or `c64`), for a profiler.
 
 use std::{
     convert::Infallible,
@@ -307,6 +310,9 @@ struct Clients {
     ours_grpc: OursGrpc,
     balance_channel: Health<Channel>,
     ours_balanced: OursBalanced,
+    /// The servers of the `hyper` and `tonic` groups.
+    hyper_address: SocketAddr,
+    grpc_address: SocketAddr,
     /// Keeps the replicas' connections (and their drivers) for the run.
     _replicas: ReplicaSet<String, Http2Connection<Grpc>>,
     /// The balanced channel's endpoints: it stops following them once this is gone.
@@ -315,7 +321,8 @@ struct Clients {
 
 async fn clients() -> Clients {
     // hyper
-    let address = hyper_server().await;
+    let hyper_address = hyper_server().await;
+    let address = hyper_address;
     let uri: Uri = format!("http://{address}/").parse().unwrap();
     let stream = tokio::net::TcpStream::connect(address).await.expect("dial");
     stream.set_nodelay(true).expect("TCP_NODELAY");
@@ -332,7 +339,8 @@ async fn clients() -> Clients {
     let ours_h2 = OursH2 { svc, uri };
 
     // tonic, one server
-    let address = tonic_server().await;
+    let grpc_address = tonic_server().await;
+    let address = grpc_address;
     let channel = Endpoint::from_shared(format!("http://{address}"))
         .unwrap()
         .connect()
@@ -375,6 +383,8 @@ async fn clients() -> Clients {
         ours_grpc: Health(HealthClient::new(svc)),
         balance_channel: Health(HealthClient::new(balance_channel)),
         ours_balanced: Health(HealthClient::new(balanced)),
+        hyper_address,
+        grpc_address,
         _replicas: set,
         _changes: changes,
     }
@@ -523,14 +533,93 @@ fn report(groups: &[Group], rounds: usize) {
     }
 }
 
+/// `--only CLIENT MODE N`: sends `N` requests through one client after a warm-up, and prints
+/// its requests/s (for a profiler: `valgrind --tool=callgrind`). Besides the clients of the
+/// table, `ours_h2` and `ours_grpc` take the suffixes `_nokeepalive` (keep-alive pings off),
+/// `_noreplay` (no request kept for a resend: `max_replays(0)`) and `_bare` (both, and no
+/// dialing ahead), which tell where the crate's cost lies.
+async fn only(client: &str, mode: &str, n: usize) {
+    let mode = match mode {
+        "seq" => Mode::Seq,
+        "c64" => Mode::C64,
+        _ => panic!("the mode is seq or c64"),
+    };
+    let c = timeout(SETUP, clients())
+        .await
+        .expect("the servers and clients were not set up in time");
+    let warm_up = (n / 10).max(TASKS);
+    macro_rules! run {
+        ($client:expr) => {{
+            let client = $client;
+            drive(&client, mode, warm_up).await;
+            drive(&client, mode, n).await
+        }};
+    }
+    let (elapsed, failed) = match client {
+        "raw_h2" => run!(c.raw_h2),
+        "ours_h2" => run!(c.ours_h2),
+        "channel" => run!(c.channel),
+        "ours_grpc" => run!(c.ours_grpc),
+        "balance_channel" => run!(c.balance_channel),
+        "ours_balanced" => run!(c.ours_balanced),
+        other => {
+            let (base, setting) = other
+                .rsplit_once('_')
+                .unwrap_or_else(|| panic!("unknown client {other}"));
+            match base {
+                "ours_h2" => {
+                    let mut svc = PersistentConnectionLayer::fixed_address(c.hyper_address)
+                        .http2(tune(Http2Connector::new(), setting));
+                    svc.ready().await.expect("connected");
+                    run!(OursH2 {
+                        svc,
+                        uri: c.ours_h2.uri.clone()
+                    })
+                }
+                "ours_grpc" => {
+                    let mut svc = PersistentConnectionLayer::fixed_address(c.grpc_address)
+                        .server_name(SERVICE)
+                        .http2(tune(Http2Connector::new(), setting));
+                    svc.ready().await.expect("connected");
+                    run!(Health(HealthClient::new(svc)))
+                }
+                _ => panic!("unknown client {other}"),
+            }
+        }
+    };
+    assert_eq!(failed, 0, "requests failed");
+    let rate = thousands(n as f64 / elapsed.as_secs_f64());
+    println!("{client} {}: {rate} r/s", mode.name());
+}
+
+/// `connector` with a diagnostic `setting` of `--only`.
+fn tune<B>(connector: Http2Connector<B>, setting: &str) -> Http2Connector<B> {
+    match setting {
+        "nokeepalive" => connector.keep_alive_interval(None),
+        "noreplay" => connector.max_replays(0),
+        "bare" => connector
+            .keep_alive_interval(None)
+            .max_replays(0)
+            .dial_ahead(false),
+        _ => panic!("unknown setting {setting}"),
+    }
+}
+
 fn main() {
-    let test = std::env::args().any(|arg| arg == "--test");
-    let plan = if test { Plan::test() } else { Plan::full() };
+    let args: Vec<String> = std::env::args().collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let local = LocalSet::new();
+    if let Some(at) = args.iter().position(|arg| arg == "--only") {
+        let [client, mode, n] = [1, 2, 3].map(|i| args.get(at + i).expect("--only CLIENT MODE N"));
+        let n = n.parse().expect("N is a number");
+        local.block_on(&runtime, only(client, mode, n));
+        return;
+    }
+    let test = args.iter().any(|arg| arg == "--test");
+    let plan = if test { Plan::test() } else { Plan::full() };
     let started = Instant::now();
     let groups = local.block_on(&runtime, async {
         let clients = timeout(SETUP, clients())
