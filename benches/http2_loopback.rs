@@ -552,7 +552,8 @@ async fn only(client: &str, mode: &str, n: usize) {
     macro_rules! run {
         ($client:expr) => {{
             let client = $client;
-            drive(&client, mode, warm_up).await;
+            let (_, failed) = drive(&client, mode, warm_up).await;
+            assert_eq!(failed, 0, "requests failed during the warm-up");
             drive(&client, mode, n).await
         }};
     }
