@@ -129,6 +129,8 @@ struct Probe {
     first: Option<Instant>,
     /// The first `Connected` after `after`.
     connected: Option<Instant>,
+    /// The first failed request after `after`.
+    first_failure: Option<Instant>,
     /// The latest connection: when it was made, and to which address.
     current: Option<(Instant, SocketAddr)>,
     /// The address of the attempt in progress.
@@ -147,6 +149,7 @@ impl Probe {
         self.except = except;
         self.first = None;
         self.connected = None;
+        self.first_failure = None;
         now
     }
 
@@ -227,7 +230,12 @@ fn client<P: RetryPolicy>(
                         probe.closed = true;
                         return;
                     }
-                    Outcome::Failed(error) => *probe.failures.entry(error).or_default() += 1,
+                    Outcome::Failed(error) => {
+                        *probe.failures.entry(error).or_default() += 1;
+                        if probe.after.is_some() && probe.first_failure.is_none() {
+                            probe.first_failure = Some(now);
+                        }
+                    }
                 }
             }
             if !pause.is_zero() {
@@ -252,6 +260,11 @@ async fn wait_until(bound: Duration, mut done: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     done()
+}
+
+/// `BENCH_VERBOSE=1`: print every kill.
+fn verbose() -> bool {
+    std::env::var("BENCH_VERBOSE").is_ok_and(|v| v == "1")
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -312,10 +325,15 @@ async fn failover(servers: &Handle, kills: usize) -> Vec<String> {
         }
         let in_use = probe.lock().unwrap().current.unwrap().1;
         let (name, server) = &by_addr[&in_use];
-        let failed_before = probe.lock().unwrap().failed();
+        let (failed_before, errors_before) = {
+            let probe = probe.lock().unwrap();
+            (probe.failed(), probe.failures.clone())
+        };
+        let replayed_before = handle.stats().replayed_requests;
         let killed_at = probe.lock().unwrap().arm(Some((*name).to_owned()));
         let victim = server.clone();
         on_servers(servers, async move { victim.kill().await }).await;
+        let kill_took = killed_at.elapsed();
         let recovered = wait_until(Duration::from_secs(10), || {
             let probe = probe.lock().unwrap();
             probe.first.is_some() && probe.connected.is_some()
@@ -331,6 +349,34 @@ async fn failover(servers: &Handle, kills: usize) -> Vec<String> {
                 to_connected.push((connected - killed_at).as_secs_f64() * 1e3);
             }
             _ => problems.push(format!("failover kill {kill}: no success within 10 s")),
+        }
+        if verbose() {
+            let ms = |at: Option<Instant>| {
+                at.map_or("-".to_owned(), |at| {
+                    format!("{:.2} ms", (at - killed_at).as_secs_f64() * 1e3)
+                })
+            };
+            let (failure, errors) = {
+                let probe = probe.lock().unwrap();
+                let errors: Vec<String> = probe
+                    .failures
+                    .iter()
+                    .filter_map(|(error, &count)| {
+                        let new = count - errors_before.get(error).copied().unwrap_or(0);
+                        (new > 0).then(|| format!("{new} x {error}"))
+                    })
+                    .collect();
+                (probe.first_failure, errors)
+            };
+            println!(
+                "kill {kill} of {name}: kill done {:.2} ms, first failure {}, connected {}, \
+                 first success {}, failed {failed} {errors:?}, sent again {}",
+                kill_took.as_secs_f64() * 1e3,
+                ms(failure),
+                ms(connected),
+                ms(first),
+                handle.stats().replayed_requests - replayed_before
+            );
         }
         failed_per_kill.push(failed);
         let victim = server.clone();
