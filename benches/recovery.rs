@@ -28,6 +28,10 @@
 //! policy's first attempt may wait the rest of its delay); asserts that every case recovered
 //! (or gave up, for `give_up_after`) and that no request failed beyond the one in flight on a
 //! killed connection per kill.
+//!
+//! Failed requests are counted and compared with the requests the servers' handler received:
+//! a request the handler saw twice would be a resend of a request the server may have
+//! processed (never allowed). `BENCH_VERBOSE=1` prints every kill of the failover part.
 
 #[path = "../tests/support/h2server.rs"]
 mod h2server;
