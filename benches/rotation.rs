@@ -1,0 +1,580 @@
+//! Graceful rotation under load (BENCHMARKS.md, "Graceful rotation under load"): a real nginx
+//! that sends `GOAWAY` after every 200th request on a connection (`keepalive_requests 200`),
+//! against the same nginx configuration that never does (`keepalive_requests 1000000`).
+//!
+//! Clients, each doing the same load against both servers:
+//! - `ours`: `PersistentConnectionLayer::fixed_address(..).http2(Http2Connector::new())`,
+//!   the crate's defaults;
+//! - `legacy`: hyper-util's `client::legacy::Client` with `http2_only(true)` over the
+//!   connector `build_http` makes (`HttpConnector`, TCP keep-alive at the pool's idle timeout),
+//!   with `TCP_NODELAY` on as the crate's connector sets it, and a count of the connections it
+//!   dials.
+//!
+//! Loads: `64 in flight` (64 tasks sharing a budget of N requests, each sending `GET /`,
+//! reading the whole body, then the next) and `sequential` (one task, one request after the
+//! other). A request fails if it errs, answers anything but `200 ok`, or takes more than 5 s.
+//!
+//! A round runs every case (2 clients x 2 servers x 2 loads) once, N requests each, with a
+//! client of its own per case; each client and load runs its two cases (no rotation,
+//! rotation) back to back, in alternating order, so that each round's ratio compares two runs
+//! close in time (other processes on the machine come and go within seconds). The figures are
+//! the medians over the rounds of the successful requests/s (a failed request is no
+//! throughput), and of each round's own ratio rotation / no rotation per client and load;
+//! failed requests are totals over all rounds. `BENCH_VERBOSE=1` also prints every round.
+//!
+//! `cargo bench --bench rotation`: 61 rounds of 10,000 requests per case with 64 in flight
+//! and 2,000 sequential, about a minute. (A connection to the server without rotation must
+//! never reach its 1,000,000 requests: 61 x 10,000 plus the warm-up stay below, and the bench
+//! checks that `ours` made no connection there during the rounds.)
+//! `cargo bench --bench rotation -- --test`: two rounds of 2,000 / 600 requests, asserting
+//! that every case ran, that nginx rotated, and that `ours` failed no request (`legacy`'s
+//! failures are reported, not asserted).
+//!
+//! Without an nginx binary the bench prints one line naming the Debian package `nginx` and
+//! exits successfully, unless `REQUIRE_REAL_SERVERS=1` (then it fails).
+
+#[path = "../tests/support/nginx.rs"]
+mod nginx;
+
+use std::{
+    collections::BTreeMap,
+    error::Error as StdError,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo},
+};
+use nginx::{Config, Nginx};
+use persistent_connection::{
+    BoxError, PersistentConnection, PersistentConnectionLayer,
+    http::{Http2Connection, Http2Connector},
+};
+use tokio::{net::TcpStream, task::JoinSet};
+use tower::{Service, ServiceExt};
+
+type Body = Empty<Bytes>;
+
+/// A bound on one request: a longer one is a failure.
+const REQUEST_BOUND: Duration = Duration::from_secs(5);
+/// Requests in flight in the concurrent load.
+const IN_FLIGHT: usize = 64;
+
+/// How much a run measures.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    rounds: usize,
+    /// Requests per case and round, 64 in flight.
+    concurrent: u64,
+    /// Requests per case and round, sequential.
+    sequential: u64,
+}
+
+const FULL: Plan = Plan {
+    rounds: 61,
+    concurrent: 10_000,
+    sequential: 2_000,
+};
+
+const TEST: Plan = Plan {
+    rounds: 2,
+    concurrent: 2_000,
+    sequential: 600,
+};
+
+// === the clients ===
+
+/// The connector `build_http` makes, with `TCP_NODELAY`, counting the connections it dials.
+#[derive(Clone)]
+struct CountingConnector {
+    http: HttpConnector,
+    dialed: Arc<AtomicU64>,
+}
+
+impl Service<Uri> for CountingConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        self.dialed.fetch_add(1, Ordering::Relaxed);
+        let connecting = self.http.call(uri);
+        Box::pin(async move { connecting.await.map_err(Into::into) })
+    }
+}
+
+/// One client of the bench, connected to one nginx.
+#[derive(Clone)]
+enum Target {
+    Ours(PersistentConnection<Http2Connection<Body>>),
+    Legacy {
+        // Boxed: the client is much larger than the other variant.
+        client: Box<Client<CountingConnector, Body>>,
+        uri: Uri,
+        dialed: Arc<AtomicU64>,
+    },
+}
+
+impl Target {
+    /// The crate's client of `nginx`, connected.
+    async fn ours(nginx: &Nginx) -> Self {
+        let svc = PersistentConnectionLayer::fixed_address(nginx.addr())
+            .server_name("nginx")
+            .http2(Http2Connector::<Body>::new());
+        tokio::time::timeout(Duration::from_secs(5), svc.handle().connected())
+            .await
+            .expect("no connection to nginx within 5 s")
+            .expect("closed before connecting");
+        Self::Ours(svc)
+    }
+
+    /// hyper-util's legacy client of `nginx`.
+    fn legacy(nginx: &Nginx) -> Self {
+        let mut http = HttpConnector::new();
+        // What `build_http` sets (the pool's default idle timeout, 90 s), plus TCP_NODELAY.
+        http.set_keepalive(Some(Duration::from_secs(90)));
+        http.set_nodelay(true);
+        let dialed = Arc::new(AtomicU64::new(0));
+        let connector = CountingConnector {
+            http,
+            dialed: dialed.clone(),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector);
+        let uri = format!("http://{}/", nginx.addr()).parse().unwrap();
+        Self::Legacy {
+            client: Box::new(client),
+            uri,
+            dialed,
+        }
+    }
+
+    /// Connections made so far: the layer's for ours, the connector's for legacy.
+    fn connections(&self) -> u64 {
+        match self {
+            Self::Ours(svc) => svc.handle().stats().connections,
+            Self::Legacy { dialed, .. } => dialed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Requests the crate sent again on a next connection (ours only).
+    fn replayed(&self) -> u64 {
+        match self {
+            Self::Ours(svc) => svc.handle().stats().replayed_requests,
+            Self::Legacy { .. } => 0,
+        }
+    }
+
+    /// `GET /`, the whole body read, bounded by [`REQUEST_BOUND`]; `Ok` only for `200 ok`.
+    async fn get(&mut self) -> Result<(), String> {
+        let exchange = async {
+            let response = match self {
+                Self::Ours(svc) => {
+                    let request = Request::get("/").body(Empty::new()).unwrap();
+                    svc.ready().await?.call(request).await?
+                }
+                Self::Legacy { client, uri, .. } => {
+                    let request = Request::get(uri.clone()).body(Empty::new()).unwrap();
+                    client.request(request).await?
+                }
+            };
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok::<_, BoxError>((status, body))
+        };
+        match tokio::time::timeout(REQUEST_BOUND, exchange).await {
+            Err(_) => Err(format!("no response within {REQUEST_BOUND:?}")),
+            Ok(Err(error)) => Err(chain(&*error)),
+            Ok(Ok((StatusCode::OK, body))) if body.as_ref() == b"ok" => Ok(()),
+            Ok(Ok((status, body))) => Err(format!("{status} {:?}", String::from_utf8_lossy(&body))),
+        }
+    }
+}
+
+/// An error with its sources, `a: b: c`.
+fn chain(error: &(dyn StdError + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+// === the cases ===
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum ClientKind {
+    Ours,
+    Legacy,
+}
+
+impl ClientKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Ours => "ours (Http2Connector + layer)",
+            Self::Legacy => "hyper-util legacy Client",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Load {
+    InFlight,
+    Sequential,
+}
+
+impl Load {
+    fn name(self) -> &'static str {
+        match self {
+            Self::InFlight => "64 in flight",
+            Self::Sequential => "sequential",
+        }
+    }
+
+    fn requests(self, plan: Plan) -> u64 {
+        match self {
+            Self::InFlight => plan.concurrent,
+            Self::Sequential => plan.sequential,
+        }
+    }
+}
+
+/// One case: a client, a server (rotating or not), a load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Case {
+    load: Load,
+    client: ClientKind,
+    rotating: bool,
+}
+
+/// What the rounds measured of one case.
+#[derive(Debug, Default)]
+struct CaseFigures {
+    /// Requests/s, one per round.
+    rates: Vec<f64>,
+    ok: u64,
+    failed: u64,
+    errors: BTreeMap<String, u64>,
+    /// Connections made during the rounds, and requests sent again (ours).
+    connections: u64,
+    replayed: u64,
+}
+
+/// Runs `requests` requests of `load` through `target`; returns (elapsed, ok, failures).
+async fn run_load(
+    target: &Target,
+    load: Load,
+    requests: u64,
+) -> (Duration, u64, BTreeMap<String, u64>) {
+    let loops = match load {
+        Load::InFlight => IN_FLIGHT,
+        Load::Sequential => 1,
+    };
+    let budget = Arc::new(AtomicU64::new(0));
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    for _ in 0..loops {
+        let (mut target, budget, ok, errors) =
+            (target.clone(), budget.clone(), ok.clone(), errors.clone());
+        tasks.spawn(async move {
+            while budget.fetch_add(1, Ordering::Relaxed) < requests {
+                match target.get().await {
+                    Ok(()) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(error) => *errors.lock().unwrap().entry(error).or_default() += 1,
+                }
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.expect("a request loop panicked");
+    }
+    let elapsed = start.elapsed();
+    let errors = std::mem::take(&mut *errors.lock().unwrap());
+    (elapsed, ok.load(Ordering::Relaxed), errors)
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
+}
+
+fn min_max(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
+async fn bench(plan: Plan, test: bool) -> Result<(), String> {
+    let Some(rotating) = Nginx::start(Config::h2c().directive("keepalive_requests 200;")).await
+    else {
+        return Ok(());
+    };
+    let Some(steady) = Nginx::start(Config::h2c().directive("keepalive_requests 1000000;")).await
+    else {
+        return Ok(());
+    };
+
+    // One client per case, so that no connection to the server without rotation reaches its
+    // 1,000,000 requests.
+    let mut targets = BTreeMap::new();
+    let mut pairs = Vec::new();
+    for load in [Load::InFlight, Load::Sequential] {
+        for client in [ClientKind::Ours, ClientKind::Legacy] {
+            pairs.push((load, client));
+            for (rotating, nginx) in [(false, &steady), (true, &rotating)] {
+                let target = match client {
+                    ClientKind::Ours => Target::ours(nginx).await,
+                    ClientKind::Legacy => Target::legacy(nginx),
+                };
+                let case = Case {
+                    load,
+                    client,
+                    rotating,
+                };
+                targets.insert(case, target);
+            }
+        }
+    }
+
+    // A warm-up pass (not measured): connections made, nginx's worker and the allocator warm.
+    for (case, target) in &targets {
+        let _ = run_load(target, case.load, case.load.requests(plan) / 4).await;
+    }
+
+    let start = Instant::now();
+    let mut figures: BTreeMap<Case, CaseFigures> = BTreeMap::new();
+    for round in 0..plan.rounds {
+        // Each client and load runs its two cases back to back (so that each round's ratio
+        // compares two runs close in time), without rotation first in even rounds, with
+        // rotation first in odd ones; the pairs go in reverse order every other round.
+        let mut order = Vec::new();
+        for &(load, client) in &pairs {
+            for rotating in [round % 2 == 1, round % 2 == 0] {
+                order.push(Case {
+                    load,
+                    client,
+                    rotating,
+                });
+            }
+        }
+        if round % 4 >= 2 {
+            order.reverse();
+        }
+        for case in order {
+            let target = &targets[&case];
+            let requests = case.load.requests(plan);
+            let (connections, replayed) = (target.connections(), target.replayed());
+            let (elapsed, ok, errors) = run_load(target, case.load, requests).await;
+            let entry = figures.entry(case).or_default();
+            // Successful requests/s: a failed request (often fast) is no throughput.
+            entry.rates.push(ok as f64 / elapsed.as_secs_f64());
+            entry.ok += ok;
+            for (error, count) in errors {
+                entry.failed += count;
+                *entry.errors.entry(error).or_default() += count;
+            }
+            entry.connections += target.connections() - connections;
+            entry.replayed += target.replayed() - replayed;
+        }
+    }
+    let elapsed = start.elapsed();
+    for target in targets.values() {
+        if let Target::Ours(svc) = target {
+            svc.handle().close().await;
+        }
+    }
+
+    print_report(plan, &figures, elapsed);
+    check(plan, &figures, test)
+}
+
+fn print_report(plan: Plan, figures: &BTreeMap<Case, CaseFigures>, elapsed: Duration) {
+    if std::env::var("BENCH_VERBOSE").is_ok_and(|v| v == "1") {
+        for (case, figures) in figures {
+            let rates: Vec<String> = figures.rates.iter().map(|r| format!("{r:.0}")).collect();
+            println!("{case:?}: {}", rates.join(" "));
+        }
+    }
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_default();
+    println!();
+    println!(
+        "Graceful rotation under load: nginx `keepalive_requests 200` (rotation) vs `1000000` \
+         (none); {} rounds, {} requests per case and round with 64 in flight, {} sequential; \
+         {:.0} s; {date}",
+        plan.rounds,
+        plan.concurrent,
+        plan.sequential,
+        elapsed.as_secs_f64()
+    );
+    println!();
+    println!(
+        "| load | client | req/s no rotation, median (min-max) | req/s rotation, median \
+         (min-max) | rotation / no rotation, median of rounds (min-max) | failed, no rotation \
+         | failed, rotation | connections made, no rotation / rotation |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for load in [Load::InFlight, Load::Sequential] {
+        for client in [ClientKind::Ours, ClientKind::Legacy] {
+            let get = |rotating| {
+                &figures[&Case {
+                    load,
+                    client,
+                    rotating,
+                }]
+            };
+            let (steady, rot) = (get(false), get(true));
+            let ratios: Vec<f64> = rot
+                .rates
+                .iter()
+                .zip(&steady.rates)
+                .map(|(r, s)| r / s)
+                .collect();
+            let (s_lo, s_hi) = min_max(&steady.rates);
+            let (r_lo, r_hi) = min_max(&rot.rates);
+            let (q_lo, q_hi) = min_max(&ratios);
+            println!(
+                "| {} | {} | {:.0} ({:.0}-{:.0}) | {:.0} ({:.0}-{:.0}) | {:.3}x ({:.3}-{:.3}) | \
+                 {} of {} | {} of {} | {} / {} |",
+                load.name(),
+                client.name(),
+                median(&steady.rates),
+                s_lo,
+                s_hi,
+                median(&rot.rates),
+                r_lo,
+                r_hi,
+                median(&ratios),
+                q_lo,
+                q_hi,
+                steady.failed,
+                steady.ok + steady.failed,
+                rot.failed,
+                rot.ok + rot.failed,
+                steady.connections,
+                rot.connections,
+            );
+        }
+    }
+    println!();
+    for (case, figures) in figures {
+        if case.client == ClientKind::Ours && figures.replayed > 0 {
+            println!(
+                "- {} / {} / {}: {} requests sent again on the next connection (none failed)",
+                case.load.name(),
+                case.client.name(),
+                if case.rotating {
+                    "rotation"
+                } else {
+                    "no rotation"
+                },
+                figures.replayed
+            );
+        }
+        for (error, count) in &figures.errors {
+            println!(
+                "- {} / {} / {}: {count} x {error}",
+                case.load.name(),
+                case.client.name(),
+                if case.rotating {
+                    "rotation"
+                } else {
+                    "no rotation"
+                },
+            );
+        }
+    }
+}
+
+/// Every case ran all its requests, nginx rotated, and ours failed none.
+fn check(plan: Plan, figures: &BTreeMap<Case, CaseFigures>, test: bool) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for (case, figures) in figures {
+        let expected = case.load.requests(plan) * plan.rounds as u64;
+        if figures.ok + figures.failed != expected || figures.rates.len() != plan.rounds {
+            problems.push(format!(
+                "{case:?}: {} requests done of {expected}",
+                figures.ok + figures.failed
+            ));
+        }
+        if case.client == ClientKind::Ours && figures.failed > 0 {
+            problems.push(format!(
+                "{case:?}: {} requests failed: {:?}",
+                figures.failed, figures.errors
+            ));
+        }
+        if !case.rotating && case.client == ClientKind::Ours && figures.connections > 0 {
+            problems.push(format!(
+                "{case:?}: {} connections made without rotation: nginx's keepalive_requests \
+                 1000000 was reached, lower the requests per round",
+                figures.connections
+            ));
+        }
+        // 200 requests per connection: at least one new connection per 400 requests.
+        if case.rotating && figures.connections < expected / 400 {
+            problems.push(format!(
+                "{case:?}: only {} connections for {expected} requests: nginx did not rotate",
+                figures.connections
+            ));
+        }
+    }
+    if problems.is_empty() {
+        if test {
+            println!("rotation: every case ran; ours failed no request");
+        }
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+fn main() {
+    let test = std::env::args().any(|arg| arg == "--test");
+    let plan = if test { TEST } else { FULL };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    if let Err(problems) = runtime.block_on(bench(plan, test)) {
+        eprintln!("rotation: {problems}");
+        std::process::exit(1);
+    }
+}
