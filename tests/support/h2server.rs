@@ -155,6 +155,9 @@ impl H2Server {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                // As any production server: without it, Nagle's algorithm holds the first
+                // response on a fresh connection until the client's delayed ACK (about 40 ms).
+                let _ = stream.set_nodelay(true);
                 inner.counts.send_modify(|c| c.accepted += 1);
                 let task = tokio::spawn(serve_connection(inner.clone(), stream));
                 inner.connection_tasks.lock().unwrap().push(task);
