@@ -33,12 +33,14 @@
 //! a request the handler saw twice would be a resend of a request the server may have
 //! processed (never allowed). `BENCH_VERBOSE=1` prints every kill of the failover part.
 
+#[path = "../tests/support/chain.rs"]
+mod chain;
 #[path = "../tests/support/h2server.rs"]
 mod h2server;
+use chain::chain;
 
 use std::{
     collections::BTreeMap,
-    error::Error as StdError,
     future::Future,
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -79,18 +81,6 @@ where
     F::Output: Send + 'static,
 {
     servers.spawn(future).await.expect("a server task panicked")
-}
-
-/// An error with its sources, `a: b: c`.
-fn chain(error: &(dyn StdError + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 /// The outcome of one request.

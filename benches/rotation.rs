@@ -33,12 +33,14 @@
 //! Without an nginx binary the bench prints one line naming the Debian package `nginx` and
 //! exits successfully, unless `REQUIRE_REAL_SERVERS=1` (then it fails).
 
+#[path = "../tests/support/chain.rs"]
+mod chain;
 #[path = "../tests/support/nginx.rs"]
 mod nginx;
+use chain::chain;
 
 use std::{
     collections::BTreeMap,
-    error::Error as StdError,
     future::Future,
     pin::Pin,
     sync::{
@@ -207,18 +209,6 @@ impl Target {
             Ok(Ok((status, body))) => Err(format!("{status} {:?}", String::from_utf8_lossy(&body))),
         }
     }
-}
-
-/// An error with its sources, `a: b: c`.
-fn chain(error: &(dyn StdError + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 // === the cases ===
@@ -495,30 +485,24 @@ fn print_report(plan: Plan, figures: &BTreeMap<Case, CaseFigures>, elapsed: Dura
     }
     println!();
     for (case, figures) in figures {
+        let name = format!(
+            "{} / {} / {}",
+            case.load.name(),
+            case.client.name(),
+            if case.rotating {
+                "rotation"
+            } else {
+                "no rotation"
+            }
+        );
         if case.client == ClientKind::Ours && figures.replayed > 0 {
             println!(
-                "- {} / {} / {}: {} requests sent again on the next connection (none failed)",
-                case.load.name(),
-                case.client.name(),
-                if case.rotating {
-                    "rotation"
-                } else {
-                    "no rotation"
-                },
+                "- {name}: {} requests sent again on the next connection (none failed)",
                 figures.replayed
             );
         }
         for (error, count) in &figures.errors {
-            println!(
-                "- {} / {} / {}: {count} x {error}",
-                case.load.name(),
-                case.client.name(),
-                if case.rotating {
-                    "rotation"
-                } else {
-                    "no rotation"
-                },
-            );
+            println!("- {name}: {count} x {error}");
         }
     }
 }

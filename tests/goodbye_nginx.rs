@@ -19,12 +19,14 @@
 //! Real sockets and real time: `Instant`s only bound loops and measure figures; every wait is
 //! bounded.
 
+#[path = "support/chain.rs"]
+mod chain;
 #[path = "support/nginx.rs"]
 mod nginx;
+use chain::chain;
 
 use std::{
     collections::BTreeMap,
-    error::Error as StdError,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -66,18 +68,6 @@ const CONNECT_BOUND: Duration = Duration::from_secs(5);
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 // === one request ===
-
-/// An error with its sources, `a: b: c`.
-fn chain(error: &(dyn StdError + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
-}
 
 /// `GET /` through `svc` (waiting for it to be ready), the whole body read, bounded by
 /// [`REQUEST_BOUND`]; `Ok` only for `200 ok`.
