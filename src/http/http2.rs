@@ -18,12 +18,12 @@ use std::{
 use http::{Request, Response};
 use http_body::Body;
 use hyper::{body::Incoming, client::conn::http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 use tower_service::Service;
 
 use super::{
-    ArcError, ConnectionUnavailable, Dial, Origin,
+    ArcError, ConnectionUnavailable, Dial, Executor, Origin,
     ahead::Ahead,
     base::{Core, handshake_for, secure, spawn_watched},
     keep_alive::KeepAliveInterval,
@@ -118,7 +118,7 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// # }
 /// ```
 pub struct Http2Connector<B> {
-    builder: http2::Builder<TokioExecutor>,
+    builder: http2::Builder<Executor>,
     core: Core<Shared<B>>,
     keep_alive: Arc<KeepAliveInterval>,
     /// The server's request limit and the connection dialed ahead of it; `None` when off.
@@ -133,7 +133,7 @@ impl<B> Http2Connector<B> {
     /// accept: a ping at most every 5 minutes while requests are in flight, none while idle,
     /// answered within 20 s (see [Keep-alive](Self#keep-alive)).
     pub fn new() -> Self {
-        let mut builder = http2::Builder::new(TokioExecutor::new());
+        let mut builder = http2::Builder::new(Executor::new());
         builder
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEP_ALIVE_INTERVAL)
@@ -264,8 +264,9 @@ impl<B> Http2Connector<B> {
 
     /// The underlying hyper builder, for the settings not exposed here. Its keep-alive
     /// interval is overwritten on each connect by the connector's
-    /// ([`keep_alive_interval`](Self::keep_alive_interval)).
-    pub fn builder_mut(&mut self) -> &mut http2::Builder<TokioExecutor> {
+    /// ([`keep_alive_interval`](Self::keep_alive_interval)). Its executor is the crate's
+    /// [`Executor`](super::Executor), which boxes each of hyper's tasks before spawning it.
+    pub fn builder_mut(&mut self) -> &mut http2::Builder<Executor> {
         &mut self.builder
     }
 }
@@ -350,7 +351,7 @@ where
 
 /// What a connection is made with: the connector's settings as of the attempt.
 struct Dialer<B> {
-    builder: http2::Builder<TokioExecutor>,
+    builder: http2::Builder<Executor>,
     origin: Option<Arc<Origin>>,
     tls: Option<Tls>,
     keep_alive: Arc<KeepAliveInterval>,
