@@ -510,7 +510,7 @@ where
             if let Some(siblings) = &self.replay.siblings {
                 siblings.join(&shared);
             }
-            Ok(Http2Connection { send, shared })
+            Ok(Http2Connection::new(send, shared))
         })
     }
 }
@@ -552,6 +552,11 @@ impl std::error::Error for NoPreface {
 pub struct Http2Connection<B> {
     send: http2::SendRequest<ReplayBody<B>>,
     shared: Arc<Shared<B>>,
+    /// This clone's view of the connection's status: `poll_ready` tells a change by its
+    /// version, one atomic load, and reads the status (a lock) only after a change.
+    status: watch::Receiver<Status>,
+    /// Why the connection takes no new request, as of the status last read.
+    unavailable: Option<ConnectionUnavailable>,
 }
 
 /// What the clones of one HTTP/2 connection share.
@@ -630,11 +635,27 @@ impl<B> Http2Connection<B> {
     }
 }
 
+impl<B> Http2Connection<B> {
+    fn new(send: http2::SendRequest<ReplayBody<B>>, shared: Arc<Shared<B>>) -> Self {
+        let mut status = shared.status.clone();
+        let unavailable = unavailable(&status.borrow_and_update());
+        Self {
+            send,
+            shared,
+            status,
+            unavailable,
+        }
+    }
+}
+
 impl<B> Clone for Http2Connection<B> {
     fn clone(&self) -> Self {
         Self {
             send: self.send.clone(),
             shared: self.shared.clone(),
+            // The same version seen, and what it said.
+            status: self.status.clone(),
+            unavailable: self.unavailable,
         }
     }
 }
@@ -660,17 +681,13 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        {
-            let status = self.shared.status.borrow();
-            if status.goaway {
-                return Poll::Ready(Err(ConnectionUnavailable::GoAway.into()));
-            }
-            if status.retired {
-                return Poll::Ready(Err(ConnectionUnavailable::RequestLimit.into()));
-            }
-            if status.ended.is_some() {
-                return Poll::Ready(Err(ConnectionUnavailable::Closed.into()));
-            }
+        // No lock unless the status changed since this clone last read it (its flags are only
+        // ever set, so what was read stays true).
+        if !matches!(self.status.has_changed(), Ok(false)) {
+            self.unavailable = unavailable(&self.status.borrow_and_update());
+        }
+        if let Some(unavailable) = self.unavailable {
+            return Poll::Ready(Err(unavailable.into()));
         }
         self.send.poll_ready(cx).map_err(Into::into)
     }
@@ -763,6 +780,19 @@ impl<B> Shared<B> {
             status.retired = true;
             changed
         });
+    }
+}
+
+/// Why a connection with `status` takes no new requests, if it does not.
+fn unavailable(status: &Status) -> Option<ConnectionUnavailable> {
+    if status.goaway {
+        Some(ConnectionUnavailable::GoAway)
+    } else if status.retired {
+        Some(ConnectionUnavailable::RequestLimit)
+    } else if status.ended.is_some() {
+        Some(ConnectionUnavailable::Closed)
+    } else {
+        None
     }
 }
 
