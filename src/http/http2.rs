@@ -17,18 +17,22 @@ use std::{
 
 use http::{Request, Response};
 use http_body::Body;
-use hyper::{body::Incoming, client::conn::http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::sync::watch;
+use hyper::{
+    body::Incoming,
+    client::conn::{TrySendError, http2},
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use pin_project_lite::pin_project;
+use tokio::sync::{Notify, futures::OwnedNotified, watch};
 use tower_service::Service;
 
 use super::{
-    ArcError, ConnectionUnavailable, Dial, Origin,
+    ArcError, ConnectionUnavailable, Dial, Executor, Origin,
     ahead::Ahead,
     base::{Core, handshake_for, secure, spawn_watched},
     keep_alive::KeepAliveInterval,
     origin_for,
-    replay::ReplayBody,
+    replay::{ReplayBody, TakenMark},
     resend::{
         self, Failure, Kept, Lineage, Newest, ReplayConfig, Resend, h2_refusal, mark_untaken,
         or_recover, unless_stranded,
@@ -118,7 +122,7 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// # }
 /// ```
 pub struct Http2Connector<B> {
-    builder: http2::Builder<TokioExecutor>,
+    builder: http2::Builder<Executor>,
     core: Core<Shared<B>>,
     keep_alive: Arc<KeepAliveInterval>,
     /// The server's request limit and the connection dialed ahead of it; `None` when off.
@@ -133,7 +137,7 @@ impl<B> Http2Connector<B> {
     /// accept: a ping at most every 5 minutes while requests are in flight, none while idle,
     /// answered within 20 s (see [Keep-alive](Self#keep-alive)).
     pub fn new() -> Self {
-        let mut builder = http2::Builder::new(TokioExecutor::new());
+        let mut builder = http2::Builder::new(Executor::new());
         builder
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEP_ALIVE_INTERVAL)
@@ -264,8 +268,9 @@ impl<B> Http2Connector<B> {
 
     /// The underlying hyper builder, for the settings not exposed here. Its keep-alive
     /// interval is overwritten on each connect by the connector's
-    /// ([`keep_alive_interval`](Self::keep_alive_interval)).
-    pub fn builder_mut(&mut self) -> &mut http2::Builder<TokioExecutor> {
+    /// ([`keep_alive_interval`](Self::keep_alive_interval)). Its executor is the crate's
+    /// [`Executor`](super::Executor), which boxes each of hyper's tasks before spawning it.
+    pub fn builder_mut(&mut self) -> &mut http2::Builder<Executor> {
         &mut self.builder
     }
 }
@@ -350,7 +355,7 @@ where
 
 /// What a connection is made with: the connector's settings as of the attempt.
 struct Dialer<B> {
-    builder: http2::Builder<TokioExecutor>,
+    builder: http2::Builder<Executor>,
     origin: Option<Arc<Origin>>,
     tls: Option<Tls>,
     keep_alive: Arc<KeepAliveInterval>,
@@ -456,6 +461,8 @@ where
                 .await
                 .map_err(|error| explain(NoPreface::because(error.into())))?;
             let forget = ahead.clone();
+            let (ended, end) = (Arc::new(AtomicBool::new(false)), Arc::new(Notify::new()));
+            let (task_ended, task_end) = (ended.clone(), end.clone());
             spawn_watched(connection, status.clone(), move |result, status| {
                 if status.retired && !status.goaway {
                     // Retired at the limit, and the server never said goodbye: no limit.
@@ -463,6 +470,8 @@ where
                         ahead.forget();
                     }
                 }
+                task_ended.store(true, Ordering::Release);
+                task_end.notify_waiters();
                 result
             });
 
@@ -504,12 +513,14 @@ where
                     sent: AtomicU32::new(0),
                     pinged,
                     publish: status.clone(),
+                    ended,
+                    end,
                 })
             })?;
             if let Some(siblings) = &self.replay.siblings {
                 siblings.join(&shared);
             }
-            Ok(Http2Connection { send, shared })
+            Ok(Http2Connection::new(send, shared))
         })
     }
 }
@@ -551,6 +562,11 @@ impl std::error::Error for NoPreface {
 pub struct Http2Connection<B> {
     send: http2::SendRequest<ReplayBody<B>>,
     shared: Arc<Shared<B>>,
+    /// This clone's view of the connection's status: `poll_ready` tells a change by its
+    /// version, one atomic load, and reads the status (a lock) only after a change.
+    status: watch::Receiver<Status>,
+    /// Why the connection takes no new request, as of the status last read.
+    unavailable: Option<ConnectionUnavailable>,
 }
 
 /// What the clones of one HTTP/2 connection share.
@@ -571,6 +587,11 @@ struct Shared<B> {
     pinged: Pinged,
     /// Where the connection's retirement is published.
     publish: Arc<watch::Sender<Status>>,
+    /// Set when the connection task has ended, before `end` wakes the requests waiting.
+    ended: Arc<AtomicBool>,
+    /// Wakes the requests waiting for an answer when the connection task has ended (one
+    /// whose request hyper never took would wait for ever).
+    end: Arc<Notify>,
 }
 
 impl<B> Http2Connection<B> {
@@ -629,11 +650,27 @@ impl<B> Http2Connection<B> {
     }
 }
 
+impl<B> Http2Connection<B> {
+    fn new(send: http2::SendRequest<ReplayBody<B>>, shared: Arc<Shared<B>>) -> Self {
+        let mut status = shared.status.clone();
+        let unavailable = unavailable(&status.borrow_and_update());
+        Self {
+            send,
+            shared,
+            status,
+            unavailable,
+        }
+    }
+}
+
 impl<B> Clone for Http2Connection<B> {
     fn clone(&self) -> Self {
         Self {
             send: self.send.clone(),
             shared: self.shared.clone(),
+            // The same version seen, and what it said.
+            status: self.status.clone(),
+            unavailable: self.unavailable,
         }
     }
 }
@@ -659,31 +696,23 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        {
-            let status = self.shared.status.borrow();
-            if status.goaway {
-                return Poll::Ready(Err(ConnectionUnavailable::GoAway.into()));
-            }
-            if status.retired {
-                return Poll::Ready(Err(ConnectionUnavailable::RequestLimit.into()));
-            }
-            if status.ended.is_some() {
-                return Poll::Ready(Err(ConnectionUnavailable::Closed.into()));
-            }
+        // No lock unless the status changed since this clone last read it (its flags are only
+        // ever set, so what was read stays true).
+        if !matches!(self.status.has_changed(), Ok(false)) {
+            self.unavailable = unavailable(&self.status.borrow_and_update());
+        }
+        if let Some(unavailable) = self.unavailable {
+            return Poll::Ready(Err(unavailable.into()));
         }
         self.send.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         self.shared.pinged.ask();
-        let (request, kept) = Kept::prepare(request, &self.shared.lineage.config, true);
-        let sent = match self.shared.admit() {
-            Admit::Send => send_on(&mut self.send, &self.shared, request),
-            Admit::SendAndRetire => {
-                let sent = send_on(&mut self.send, &self.shared, request);
-                self.shared.retire();
-                sent
-            }
+        let (mut request, kept) = Kept::prepare(request, &self.shared.lineage.config, true);
+        let retire = match self.shared.admit() {
+            Admit::Send => false,
+            Admit::SendAndRetire => true,
             Admit::KeepBack => {
                 // Past the limit (clones made ready before the connection retired): the server
                 // would refuse it; it goes to the next connection unsent.
@@ -691,7 +720,118 @@ where
                 return Box::pin(or_recover(kept_back, kept, self.shared.clone()));
             }
         };
-        Box::pin(or_recover(sent, kept, self.shared.clone()))
+        self.shared.origin.apply(&mut request);
+        let mark = request.body_mut().mark_taken();
+        let sent = self.send.try_send_request(request);
+        if retire {
+            self.shared.retire();
+        }
+        Box::pin(Responding {
+            sent: Some(sent),
+            mark,
+            ended: None,
+            watch_end: true,
+            kept: Some(kept),
+            shared: Some(self.shared.clone()),
+            recovering: None,
+        })
+    }
+}
+
+/// A boxed future of a response, or of the error a call ends with.
+type Answer = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+
+pin_project! {
+    /// The response to a request sent on a connection: hyper's response future, and what the
+    /// request needs should it fail. One flat future, as small as can be, for the common case
+    /// of an answer: what a failure needs ([`resend::recover`]) is boxed, and made only after
+    /// one. It does what `unless_stranded(send_on(..))` inside `or_recover` does: while
+    /// hyper's future is pending it also watches the end of the connection task, and a request
+    /// still untaken then (see [`ReplayBody::mark_taken`]) fails as never written; any
+    /// failure that proves the server did not process the request goes to `recover`.
+    struct Responding<F, B> {
+        // hyper's response future; `None` once done with it (answered, or stranded).
+        #[pin]
+        sent: Option<F>,
+        mark: TakenMark,
+        // Woken when the connection task has ended; registered at the first `Pending`.
+        #[pin]
+        ended: Option<OwnedNotified>,
+        // Whether the end of the connection task still matters (it does until it has come
+        // with the request taken).
+        watch_end: bool,
+        kept: Option<Kept<B>>,
+        shared: Option<Arc<Shared<B>>>,
+        // After a failure: the recovery.
+        recovering: Option<Answer>,
+    }
+}
+
+impl<F, B> Future for Responding<F, B>
+where
+    F: Future<Output = Result<Response<Incoming>, TrySendError<Request<ReplayBody<B>>>>>,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<Incoming>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Some(recovering) = this.recovering {
+            return recovering.as_mut().poll(cx);
+        }
+        let Some(sent) = this.sent.as_mut().as_pin_mut() else {
+            // Polled after completion: hyper's future would panic as well.
+            panic!("the response future was polled after it completed");
+        };
+        let failure = match sent.poll(cx) {
+            Poll::Ready(Ok(response)) => {
+                this.sent.set(None);
+                this.ended.set(None);
+                // The call is over: nothing will be sent again.
+                *this.kept = None;
+                *this.shared = None;
+                return Poll::Ready(Ok(response));
+            }
+            Poll::Ready(Err(error)) => Failure::from_hyper(error, h2_refusal),
+            Poll::Pending => {
+                if !*this.watch_end {
+                    return Poll::Pending;
+                }
+                let shared = this.shared.as_ref().expect("kept until the answer");
+                if this.ended.is_none() {
+                    this.ended.set(Some(shared.end.clone().notified_owned()));
+                }
+                let woken = this
+                    .ended
+                    .as_mut()
+                    .as_pin_mut()
+                    .is_some_and(|ended| ended.poll(cx).is_ready());
+                // Registered first, then the flag: an end after the registration wakes this
+                // future; one before it has set the flag.
+                if !woken && !shared.ended.load(Ordering::Acquire) {
+                    return Poll::Pending;
+                }
+                this.ended.set(None);
+                // The task has dropped its queue: a request taken goes on (its stream lives
+                // in h2's task); one not taken never will be.
+                if !this.mark.is_untaken() {
+                    *this.watch_end = false;
+                    return Poll::Pending;
+                }
+                Failure::stranded()
+            }
+        };
+        this.sent.set(None);
+        let (Some(kept), Some(shared)) = (this.kept.take(), this.shared.take()) else {
+            panic!("the response future was polled after it completed");
+        };
+        let mut recovering: Answer =
+            Box::pin(or_recover(std::future::ready(Err(failure)), kept, shared));
+        let poll = recovering.as_mut().poll(cx);
+        *this.recovering = Some(recovering);
+        poll
     }
 }
 
@@ -762,6 +902,19 @@ impl<B> Shared<B> {
             status.retired = true;
             changed
         });
+    }
+}
+
+/// Why a connection with `status` takes no new requests, if it does not.
+fn unavailable(status: &Status) -> Option<ConnectionUnavailable> {
+    if status.goaway {
+        Some(ConnectionUnavailable::GoAway)
+    } else if status.retired {
+        Some(ConnectionUnavailable::RequestLimit)
+    } else if status.ended.is_some() {
+        Some(ConnectionUnavailable::Closed)
+    } else {
+        None
     }
 }
 

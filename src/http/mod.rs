@@ -123,6 +123,7 @@
 mod ahead;
 mod base;
 mod dial;
+mod executor;
 mod http1;
 mod http2;
 mod keep_alive;
@@ -151,6 +152,7 @@ use http::{
 pub use self::tls::{TlsConfig, TlsError};
 pub use self::{
     dial::Dial,
+    executor::Executor,
     http1::{Http1Connection, Http1Connector},
     http2::{Http2Connection, Http2Connector},
     resend::{Idempotent, NotProcessed},

@@ -9,7 +9,10 @@
 
 use std::{
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -30,6 +33,9 @@ pub(crate) struct ReplayBody<B> {
     /// The frames of the recording this copy has read.
     cursor: usize,
     generation: u64,
+    /// The copy handed to hyper for one send: set as soon as hyper looks at the body (see
+    /// [`mark_taken`](Self::mark_taken)).
+    taken: Option<Arc<AtomicBool>>,
 }
 
 /// A recorded frame.
@@ -89,6 +95,7 @@ where
             shared,
             cursor: 0,
             generation: 0,
+            taken: None,
         }
     }
 }
@@ -105,6 +112,7 @@ impl<B> ReplayBody<B> {
             shared: self.shared.clone(),
             cursor: 0,
             generation,
+            taken: None,
         }
     }
 
@@ -120,6 +128,7 @@ impl<B> ReplayBody<B> {
                 shared: None,
                 cursor: 0,
                 generation: 0,
+                taken: None,
             });
         };
         let mut recording = lock(shared);
@@ -131,11 +140,32 @@ impl<B> ReplayBody<B> {
             shared: Some(shared.clone()),
             cursor: 0,
             generation: recording.generation,
+            taken: None,
         })
     }
 }
 
 impl<B> ReplayBody<B> {
+    /// Marks this copy as the one about to be handed to hyper, and returns the mark: it says
+    /// whether hyper has looked at the body yet (any of `poll_frame`, `is_end_stream` or
+    /// `size_hint`). hyper's HTTP/2 dispatcher asks a request's body for its size and its end
+    /// as soon as it takes the request from its queue, before it opens the stream (it must
+    /// know whether the `HEADERS` end the stream); so an unset mark proves that the request
+    /// was never taken, let alone written. (`resend::mark_untaken` proves the same with the
+    /// request's extensions, at the cost of an extensions map.)
+    pub(crate) fn mark_taken(&mut self) -> TakenMark {
+        let taken = Arc::new(AtomicBool::new(false));
+        self.taken = Some(taken.clone());
+        TakenMark(taken)
+    }
+
+    /// hyper looks at this copy.
+    fn note_taken(&self) {
+        if let Some(taken) = &self.taken {
+            taken.store(true, Ordering::Release);
+        }
+    }
+
     /// No replay will be asked for any more: the frames recorded so far are dropped as soon
     /// as the source is read again (then the copy reading has read them all), and no new ones
     /// are kept.
@@ -159,6 +189,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        this.note_taken();
         let Some(shared) = &this.shared else {
             return Poll::Ready(None);
         };
@@ -228,6 +259,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
+        self.note_taken();
         let Some(shared) = &self.shared else {
             return true;
         };
@@ -245,6 +277,7 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
+        self.note_taken();
         let Some(shared) = &self.shared else {
             return SizeHint::with_exact(0);
         };
@@ -273,6 +306,17 @@ where
         }
         hint.set_lower(rest.lower().saturating_add(kept));
         hint
+    }
+}
+
+/// Tells whether hyper has looked at the copy of a body marked with
+/// [`ReplayBody::mark_taken`].
+pub(crate) struct TakenMark(Arc<AtomicBool>);
+
+impl TakenMark {
+    /// hyper has not looked at the body: it has not taken the request from its queue.
+    pub(crate) fn is_untaken(&self) -> bool {
+        !self.0.load(Ordering::Acquire)
     }
 }
 

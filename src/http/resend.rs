@@ -852,6 +852,48 @@ mod tests {
         (addr, arrivals)
     }
 
+    /// The premise of `ReplayBody::mark_taken` (what HTTP/2 calls use instead of
+    /// `mark_untaken`): hyper's HTTP/2 dispatcher looks at a request's body as soon as it takes
+    /// the request from its queue, so a request the server has received is never taken for a
+    /// stranded one; and a request still in the queue is not marked taken.
+    #[tokio::test]
+    async fn hyper_looks_at_the_body_of_a_request_it_has_taken() {
+        use http_body_util::Full;
+
+        use super::super::replay::ReplayBody;
+
+        for body in [Bytes::new(), Bytes::from_static(b"payload")] {
+            let (addr, mut arrivals) = holding_server(true).await;
+            let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+            let (mut send, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+            let mut request = Request::post("http://localhost/")
+                .body(ReplayBody::new(Full::new(body.clone()), 1024))
+                .unwrap();
+            let mark = request.body_mut().mark_taken();
+            let response = send.try_send_request(request);
+            tokio::task::yield_now().await;
+            assert!(
+                mark.is_untaken(),
+                "body {body:?}: queued while the connection task is not running, yet marked taken"
+            );
+            tokio::spawn(connection);
+            let response = tokio::spawn(response);
+            let answer = tokio::time::timeout(Duration::from_secs(30), arrivals.recv())
+                .await
+                .expect("the server received the request")
+                .unwrap();
+            assert!(
+                !mark.is_untaken(),
+                "body {body:?}: the server has the request but its mark says untaken"
+            );
+            answer.send(()).unwrap();
+            assert!(response.await.unwrap().is_ok());
+        }
+    }
+
     /// The premise of `unless_stranded`: hyper's connection task drops a request's extensions
     /// (and with them the mark) once it has taken the request, so a request the server has
     /// received is never taken for a stranded one.
