@@ -7,6 +7,9 @@
 //!   `client::conn::http2::SendRequest` on one connection. Ours:
 //!   `PersistentConnectionLayer::fixed_address(addr).http2(Http2Connector::new())`. Both send
 //!   `GET http://127.0.0.1:port/` and collect the body.
+//! - `hyper, keep-alive off`: the same, with the connector's keep-alive pings off
+//!   (`Http2Connector::new().keep_alive_interval(None)`), as raw hyper's are by default: the
+//!   same settings on both sides.
 //! - `tonic`: a tonic-health server. Baseline: `HealthClient<tonic::transport::Channel>`
 //!   (`Endpoint::connect`). Ours: `HealthClient` over the layer with `Http2Connector`.
 //! - `balanced`: three tonic-health servers. Baseline: `HealthClient` over tonic's
@@ -24,7 +27,7 @@
 //! rounds, and its ratio is the median over the rounds of its ratio to the baseline measured
 //! in the same round. Every request must succeed: the run asserts 0 errors.
 //!
-//! `cargo bench --bench http2_loopback` for the figures (31 rounds, about 2.5 minutes on a
+//! `cargo bench --bench http2_loopback` for the figures (31 rounds, about 3 minutes on a
 //! quiet 2-vCPU machine);
 //! `cargo bench --bench http2_loopback -- --test` for one short round of every variant, which
 //! only checks that each runs without errors;
@@ -307,6 +310,8 @@ type OursBalanced = Health<BalancedClient<Request<Grpc>, Response<Incoming>>>;
 struct Clients {
     raw_h2: RawH2,
     ours_h2: OursH2,
+    /// `ours_h2` with the connector's keep-alive pings off, as raw hyper's are by default.
+    ours_h2_nokeepalive: OursH2,
     channel: Health<Channel>,
     ours_grpc: OursGrpc,
     balance_channel: Health<Channel>,
@@ -337,7 +342,14 @@ async fn clients() -> Clients {
     };
     let mut svc = PersistentConnectionLayer::fixed_address(address).http2(Http2Connector::new());
     svc.ready().await.expect("connected");
-    let ours_h2 = OursH2 { svc, uri };
+    let ours_h2 = OursH2 {
+        svc,
+        uri: uri.clone(),
+    };
+    let mut svc = PersistentConnectionLayer::fixed_address(address)
+        .http2(Http2Connector::new().keep_alive_interval(None));
+    svc.ready().await.expect("connected");
+    let ours_h2_nokeepalive = OursH2 { svc, uri };
 
     // tonic, one server
     let grpc_address = tonic_server().await;
@@ -380,6 +392,7 @@ async fn clients() -> Clients {
     Clients {
         raw_h2,
         ours_h2,
+        ours_h2_nokeepalive,
         channel: Health(HealthClient::new(channel)),
         ours_grpc: Health(HealthClient::new(svc)),
         balance_channel: Health(HealthClient::new(balance_channel)),
@@ -629,6 +642,12 @@ fn main() {
             .expect("the servers and clients were not set up in time");
         let mut groups = [
             Group::new("hyper", "raw SendRequest", "Http2Connector + layer", 0.97),
+            Group::new(
+                "hyper, keep-alive off",
+                "raw SendRequest",
+                "Http2Connector, keep-alive off, + layer",
+                0.97,
+            ),
             Group::new("tonic", "Channel", "layer", 1.0),
             Group::new("balanced", "balance_channel", "Replicas::balanced", 1.0),
         ];
@@ -639,6 +658,7 @@ fn main() {
             let warm = [
                 drive(&c.raw_h2, mode, n).await,
                 drive(&c.ours_h2, mode, n).await,
+                drive(&c.ours_h2_nokeepalive, mode, n).await,
                 drive(&c.channel, mode, n).await,
                 drive(&c.ours_grpc, mode, n).await,
                 drive(&c.balance_channel, mode, n).await,
@@ -650,9 +670,18 @@ fn main() {
         for round in 0..plan.rounds {
             for mode in Mode::ALL {
                 let m = mode as usize;
-                let [hyper, tonic, balanced] = &mut groups;
+                let [hyper, hyper_nokeepalive, tonic, balanced] = &mut groups;
                 hyper
                     .measure(round, mode, plan.hyper[m], &c.raw_h2, &c.ours_h2)
+                    .await;
+                hyper_nokeepalive
+                    .measure(
+                        round,
+                        mode,
+                        plan.hyper[m],
+                        &c.raw_h2,
+                        &c.ours_h2_nokeepalive,
+                    )
                     .await;
                 tonic
                     .measure(round, mode, plan.grpc[m], &c.channel, &c.ours_grpc)
@@ -684,7 +713,7 @@ fn main() {
             for (i, name) in [group.baseline, group.ours].into_iter().enumerate() {
                 let cell = &group.cells[m][i];
                 let expected = plan.rounds
-                    * if group.name == "hyper" {
+                    * if group.name.starts_with("hyper") {
                         plan.hyper[m]
                     } else {
                         plan.grpc[m]
