@@ -71,10 +71,12 @@ impl<C: Send + 'static> Ahead<C> {
         (before == last && last > 0).then_some(last)
     }
 
-    /// The stream whose response starts the dial ahead on a new connection: the one at three
-    /// quarters of the [`limit`](Self::limit).
+    /// The request whose sending starts the dial ahead on a new connection: the one at half
+    /// the [`limit`](Self::limit) (counted in requests sent, not answered: with many requests
+    /// in flight, the answers run far behind, and a dial started by an answer came too late,
+    /// after the connection had retired).
     pub(crate) fn threshold(&self) -> Option<u32> {
-        self.limit().map(|limit| 2 * (limit - limit / 4) - 1)
+        self.limit().map(|limit| limit.div_ceil(2))
     }
 
     /// The server did not say goodbye at the limit (it was raised, or there is none any
@@ -124,13 +126,13 @@ mod tests {
         ahead.record_goodbye(399); // 200 streams
         assert_eq!(ahead.threshold(), None, "one goodbye is no limit");
         ahead.record_goodbye(399);
-        // Three quarters of 200: the 150th stream, id 299.
-        assert_eq!(ahead.threshold(), Some(299));
+        // Half of 200: the 100th request.
+        assert_eq!(ahead.threshold(), Some(100));
         ahead.record_goodbye(401);
         assert_eq!(ahead.threshold(), None, "the count changed");
         ahead.record_goodbye(401);
         assert_eq!(ahead.limit(), Some(201));
-        assert_eq!(ahead.threshold(), Some(2 * (201 - 50) - 1));
+        assert_eq!(ahead.threshold(), Some(101));
         ahead.forget();
         assert_eq!(ahead.limit(), None);
     }
@@ -145,7 +147,7 @@ mod tests {
     }
 
     #[test]
-    fn a_limit_of_one_request_dials_at_the_first_response() {
+    fn a_limit_of_one_request_dials_at_the_first_request() {
         let ahead = Ahead::<()>::new();
         ahead.record_goodbye(1);
         ahead.record_goodbye(1);

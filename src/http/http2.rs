@@ -233,8 +233,8 @@ impl<B> Http2Connector<B> {
     /// A server that says goodbye after a fixed number of requests on each connection (nginx's
     /// `keepalive_requests`, 1000 by default) names the last stream it took in its `GOAWAY`.
     /// Once two connections in a row have ended at the same count, the connector dials the
-    /// next connection when three quarters of the count have been answered on the current
-    /// one, and the layer's next attempt takes it ready (if the address is the same), so the
+    /// next connection when half of the count has been sent on the current one, and the
+    /// layer's next attempt takes it ready (if the address is the same), so the
     /// goodbye costs no handshake. A server whose goodbyes come at varying counts gets no
     /// connection ahead; a connection dialed ahead that the server closes before it is
     /// needed is not used.
@@ -430,7 +430,7 @@ where
                 while_idle: self.idle_pings,
             };
             let could_ping = pinged.clone();
-            let mut frames = FrameWatch::new(status.clone()).on_goaway(Arc::new(move |goaway| {
+            let frames = FrameWatch::new(status.clone()).on_goaway(Arc::new(move |goaway| {
                 // A complaint of pings the connection never sent is no reason to slow down.
                 if could_ping.could_have_pinged() {
                     keep_alive.on_goaway(interval, goaway);
@@ -441,20 +441,25 @@ where
                     }
                 }
             }));
-            if let (Some(threshold), Some(weak)) = (threshold, ahead.clone()) {
-                let (dialer, next) = (self.clone(), address.clone());
-                frames = frames.on_stream(
-                    threshold,
-                    Box::new(move || {
+            // Called by the request at the threshold (from a user's task, in the runtime
+            // that made this connection).
+            let dial_ahead = match (threshold, ahead.clone()) {
+                (Some(threshold), Some(weak)) => {
+                    let (dialer, next) = (self.clone(), address.clone());
+                    let runtime = tokio::runtime::Handle::current();
+                    let dial: DialAhead = Box::new(move || {
                         if let Some(ahead) = weak.upgrade() {
                             tracing::debug!(
                                 "dialing the next connection ahead of the server's request limit"
                             );
+                            let _entered = runtime.enter();
                             ahead.dial(next.authority(), dialer.connect(next));
                         }
-                    }),
-                );
-            }
+                    });
+                    Some((threshold, dial))
+                }
+                _ => None,
+            };
             let io = TokioIo::new(Sniff::new(stream, frames));
             let (send, connection) = builder
                 .handshake::<_, ReplayBody<B>>(io)
@@ -510,6 +515,8 @@ where
                         config: self.replay.clone(),
                     },
                     retire_after,
+                    dial_at: dial_ahead.as_ref().map_or(0, |(at, _)| *at),
+                    dial_ahead: Mutex::new(dial_ahead.map(|(_, dial)| dial)),
                     sent: AtomicU32::new(0),
                     pinged,
                     publish: status.clone(),
@@ -580,7 +587,11 @@ struct Shared<B> {
     /// The server's request limit, when known (and resends are on): the connection retires
     /// once it has sent this many requests.
     retire_after: Option<u32>,
-    /// Requests sent (counted only when `retire_after` is set).
+    /// The request whose sending dials the next connection ahead of the server's request
+    /// limit (0: none), and the dial.
+    dial_at: u32,
+    dial_ahead: Mutex<Option<DialAhead>>,
+    /// Requests sent (counted only when `retire_after` or `dial_at` is set).
     sent: AtomicU32,
     /// Whether a request was sent, and whether pings go out while idle: what a server's
     /// goodbye must be checked against.
@@ -739,6 +750,9 @@ where
 }
 
 /// A boxed future of a response, or of the error a call ends with.
+/// Dials the next connection ahead of the server's request limit (called once).
+type DialAhead = Box<dyn FnOnce() + Send>;
+
 type Answer = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
 
 pin_project! {
@@ -879,10 +893,23 @@ impl<B> Shared<B> {
     /// Counts a request about to be sent, against the server's request limit if it is known
     /// (every request counts, resends from older connections too).
     fn admit(&self) -> Admit {
+        if self.retire_after.is_none() && self.dial_at == 0 {
+            return Admit::Send;
+        }
+        let sent = self.sent.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        if sent == self.dial_at {
+            let dial = self
+                .dial_ahead
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(dial) = dial {
+                dial();
+            }
+        }
         let Some(limit) = self.retire_after else {
             return Admit::Send;
         };
-        let sent = self.sent.fetch_add(1, Ordering::Relaxed).saturating_add(1);
         match sent.cmp(&limit) {
             std::cmp::Ordering::Less => Admit::Send,
             std::cmp::Ordering::Equal => Admit::SendAndRetire,

@@ -145,16 +145,11 @@ pub(crate) const GOAWAY_DEBUG_DATA: usize = 64;
 /// `io` with its inbound HTTP/2 frame headers observed.
 pub(crate) type Sniff<T> = Observed<T, FrameWatch>;
 
-/// Called once, when a response arrives on a stream at or past a threshold.
-pub(crate) type OnStream = Box<dyn FnOnce() + Send>;
-
 /// Publishes in a [`Status`] what the frames read from a connection say.
 pub(crate) struct FrameWatch {
     status: Arc<watch::Sender<Status>>,
     frames: Frames,
     on_goaway: Option<OnGoAway>,
-    /// A stream id, and what to call once a response has arrived on it or a later stream.
-    on_stream: Option<(u32, OnStream)>,
 }
 
 impl FrameWatch {
@@ -163,15 +158,7 @@ impl FrameWatch {
             status,
             frames: Frames::default(),
             on_goaway: None,
-            on_stream: None,
         }
-    }
-
-    /// Calls `hook` once, when the first response (`HEADERS`) on stream `stream` or a later
-    /// one arrives.
-    pub(crate) fn on_stream(mut self, stream: u32, hook: OnStream) -> Self {
-        self.on_stream = Some((stream, hook));
-        self
     }
 
     /// Calls `hook` with each `GOAWAY`, before it is published in the status (so whoever
@@ -186,15 +173,6 @@ impl ReadObserver for FrameWatch {
     fn observe(&mut self, bytes: &[u8]) {
         self.frames
             .observe(bytes, &self.status, self.on_goaway.as_ref());
-        if self
-            .on_stream
-            .as_ref()
-            .is_some_and(|(stream, _)| self.frames.highest_response >= *stream)
-        {
-            if let Some((_, hook)) = self.on_stream.take() {
-                hook();
-            }
-        }
     }
 }
 
@@ -211,8 +189,6 @@ struct Frames {
     first_seen: bool,
     /// The first frame is the server's `SETTINGS`, whose payload is still being read.
     in_preface: bool,
-    /// The highest stream on which a response (`HEADERS`) has arrived; 0 before any.
-    highest_response: u32,
 }
 
 impl Frames {
@@ -265,9 +241,6 @@ impl Frames {
                     }
                 }
                 let served = header[3] == HEADERS && stream != 0;
-                if served {
-                    self.highest_response = self.highest_response.max(stream);
-                }
                 status.send_if_modified(|status| {
                     let changed = served && !status.served;
                     status.served |= served;
