@@ -528,29 +528,30 @@ async fn a_catalog_move_to_a_bad_replica_waits_and_a_good_one_connects() {
 #[tokio::test]
 async fn the_connect_timeout_bounds_the_handshake() {
     let pki = Pki::new("test CA");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
-    let silent = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((tcp, _)) = listener.accept().await {
-            held.push(tcp); // never read, never answered
-            let _ = accepted_tx.send(());
-        }
-    });
+    let (addr, mut accepted, server) = hostile(b"", None).await;
+    each_attempt_ends_at_the_connect_timeout(&pki, addr, &mut accepted).await;
+    server.abort();
+}
+
+/// Through the layer over TLS with a 300 ms connect timeout, to a server at `addr` that
+/// never completes a handshake (`accepted` hears of each connection): the first failure is a
+/// `Timeout`, and the next attempt follows.
+async fn each_attempt_ends_at_the_connect_timeout(
+    pki: &Pki,
+    addr: SocketAddr,
+    accepted: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
     let svc: H2 = PersistentConnectionLayer::fixed_address(addr)
         .server_name(NAME)
         .retry_delay(|| RETRY)
         .connect_timeout(Duration::from_millis(300))
         .http2(Http2Connector::new().tls(TlsConfig::from_roots(pki.roots())));
-
     let error = next_failure(&svc).await;
     assert_eq!(error.kind(), ConnectErrorKind::Timeout, "{error}");
     for _ in 0..2 {
         within(SOON, "an attempt", accepted.recv()).await.unwrap();
     }
     within(SOON, "close", svc.handle().close()).await;
-    silent.abort();
 }
 
 // === Roots ===
@@ -686,16 +687,6 @@ async fn a_handshake_trickled_a_byte_at_a_time_ends_at_the_connect_timeout() {
         Some(Duration::from_millis(100)),
     )
     .await;
-    let svc: H2 = PersistentConnectionLayer::fixed_address(addr)
-        .server_name(NAME)
-        .retry_delay(|| RETRY)
-        .connect_timeout(Duration::from_millis(300))
-        .http2(Http2Connector::new().tls(TlsConfig::from_roots(pki.roots())));
-    let error = next_failure(&svc).await;
-    assert_eq!(error.kind(), ConnectErrorKind::Timeout, "{error}");
-    for _ in 0..2 {
-        within(SOON, "an attempt", accepted.recv()).await.unwrap();
-    }
-    within(SOON, "close", svc.handle().close()).await;
+    each_attempt_ends_at_the_connect_timeout(&pki, addr, &mut accepted).await;
     server.abort();
 }
