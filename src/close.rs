@@ -19,18 +19,32 @@ pub enum CloseReason {
     GracefulBeforeServing,
     /// The connection failed: reset, I/O error, keep-alive timeout.
     Error(BoxError),
+    /// The connection has not closed and still takes requests, but will soon stop: it nears
+    /// the server's request limit (see
+    /// [`Http2Connector::dial_ahead`](crate::http::Http2Connector::dial_ahead)). The layer makes
+    /// the replacement now, while this connection serves, and swaps the two once the
+    /// replacement is up (make before break, as at
+    /// [`max_connection_age`](crate::PersistentConnectionLayer::max_connection_age)): the
+    /// requests see no moment without a connection. The close signal is then asked again for
+    /// the same connection, to learn of its end should that come first; a signal must not say
+    /// `Retiring` twice for one connection. Should the connection fail or close before its
+    /// replacement is up, `Retiring` counts as [`Graceful`](Self::Graceful).
+    Retiring,
 }
 
 impl CloseReason {
-    /// Whether the close was graceful (an orderly goodbye, served or not).
+    /// Whether the close was graceful (an orderly goodbye, served or not, or a retirement).
     pub fn is_graceful(&self) -> bool {
-        matches!(self, Self::Graceful | Self::GracefulBeforeServing)
+        matches!(
+            self,
+            Self::Graceful | Self::GracefulBeforeServing | Self::Retiring
+        )
     }
 
     /// Whether the layer replaces the connection at once, without counting a failure: a
-    /// graceful close of a connection that served.
+    /// graceful close of a connection that served, or a retirement.
     pub fn replaces_at_once(&self) -> bool {
-        matches!(self, Self::Graceful)
+        matches!(self, Self::Graceful | Self::Retiring)
     }
 }
 
@@ -42,6 +56,7 @@ impl fmt::Display for CloseReason {
                 f.write_str("closed gracefully before answering any request")
             }
             Self::Error(error) => write!(f, "closed with error: {error}"),
+            Self::Retiring => f.write_str("retiring: it nears its end and still serves"),
         }
     }
 }
@@ -69,7 +84,8 @@ pub trait CloseSignal<S>: Send + Sync + 'static {
     /// The future that resolves when the connection has closed.
     type Future: Future<Output = CloseReason> + Send + 'static;
 
-    /// Called once per new connection.
+    /// Called once per new connection, and once more for a connection whose future said
+    /// [`CloseReason::Retiring`].
     fn closed(&self, connection: &S) -> Self::Future;
 }
 

@@ -100,6 +100,135 @@ async fn an_aged_connection_is_replaced_make_before_break() {
     assert_eq!(maker.attempt_times(), [secs(0), secs(60), secs(122)]);
 }
 
+/// A layer with a 10 s retry delay, no jitter, no maximum age, reporting to `events`, with
+/// the connections' close signal wired in, once it is connected; and the time it was made.
+async fn connected_without_age(
+    maker: &Maker,
+    events: &Events,
+) -> (PersistentConnection<Conn>, Instant) {
+    let svc = PersistentConnectionLayer::fixed_address("a")
+        .jitter(0.0)
+        .retry_delay(|| secs(10))
+        .on_event(events.hook())
+        .close_signal(|conn: &Conn| conn.closed())
+        .layer(maker.clone());
+    let t0 = Instant::now();
+    within_an_hour("the first connection", svc.handle().connected())
+        .await
+        .unwrap();
+    (svc, t0)
+}
+
+/// A connection whose close signal says `Retiring` (it nears its end and still serves, as an
+/// HTTP/2 connection near the server's request limit) is replaced make before break, without
+/// any maximum age: the replacement is made at once (it takes 2 s), the old connection stays
+/// current and serves meanwhile, and the switch reports `Disconnected` and the new cycle at
+/// one instant. Counted as a goodbye (a graceful close), not a rotation, and no failure.
+#[tokio::test(start_paused = true)]
+async fn a_retiring_connection_is_replaced_make_before_break() {
+    let maker = Maker::new([Plan::Connect], Plan::ConnectAfter(secs(2)));
+    let events = Events::new();
+    let (mut svc, t0) = connected_without_age(&maker, &events).await;
+    let handle = svc.handle();
+
+    sleep_until(t0 + secs(30)).await;
+    maker.conn(0).retire_soon();
+    sleep_until(t0 + secs(31)).await;
+    assert_eq!(maker.attempt_times(), [secs(0), secs(30)]);
+    assert_eq!(handle.state(), State::Connected);
+    assert_eq!(handle.current_connection().unwrap().id(), 0);
+    let reply = svc.ready().await.unwrap().call("during".into()).await;
+    assert_eq!(
+        reply.unwrap(),
+        "0:during",
+        "the old connection serves meanwhile"
+    );
+
+    sleep_until(t0 + secs(32)).await;
+    yield_until("connection 1 is current", || {
+        handle.current_connection().is_some_and(|c| c.id() == 1)
+    })
+    .await;
+    let reply = svc.ready().await.unwrap().call("after".into()).await;
+    assert_eq!(reply.unwrap(), "1:after");
+    assert_eq!(
+        events.timed_secs(),
+        [
+            (0, "Attempting".to_owned()),
+            (0, "Address(a)".to_owned()),
+            (0, "Connected(0)".to_owned()),
+            (32, "Disconnected".to_owned()),
+            (32, "Attempting".to_owned()),
+            (32, "Address(a)".to_owned()),
+            (32, "Connected(1)".to_owned()),
+        ]
+    );
+    let stats = handle.stats();
+    assert_eq!(
+        (
+            stats.rotations,
+            stats.graceful_closes,
+            stats.failed_attempts
+        ),
+        (0, 1, 0)
+    );
+    assert_eq!((stats.attempts, stats.connections), (2, 2));
+    assert_eq!(
+        maker.live.load(Ordering::SeqCst),
+        1,
+        "the old one is dropped"
+    );
+
+    // The new connection serves on, with no replacement of its own until it retires.
+    sleep_until(t0 + secs(600)).await;
+    assert_eq!(maker.attempt_times(), [secs(0), secs(30)]);
+}
+
+/// A retiring connection that closes before its replacement is up (a goodbye 1 s into the
+/// 2 s attempt): the driver, which asked its close signal again, sees the close at once and
+/// reports `Disconnected`; the replacement's attempt goes on as the next cycle's first (no
+/// second attempt), and its connection is the next one.
+#[tokio::test(start_paused = true)]
+async fn a_retiring_connection_that_closes_first_hands_over_to_the_attempt_under_way() {
+    let maker = Maker::new([Plan::Connect], Plan::ConnectAfter(secs(2)));
+    let events = Events::new();
+    let (svc, t0) = connected_without_age(&maker, &events).await;
+    let handle = svc.handle();
+
+    sleep_until(t0 + secs(30)).await;
+    maker.conn(0).retire_soon();
+    sleep_until(t0 + secs(31)).await;
+    maker.conn(0).close_gracefully();
+    yield_until("the close is reported", || {
+        handle.state() != State::Connected
+    })
+    .await;
+    sleep_until(t0 + secs(33)).await;
+    yield_until("connection 1 is current", || {
+        handle.current_connection().is_some_and(|c| c.id() == 1)
+    })
+    .await;
+    assert_eq!(
+        maker.attempt_times(),
+        [secs(0), secs(30)],
+        "one attempt for the replacement"
+    );
+    assert_eq!(
+        events.timed_secs(),
+        [
+            (0, "Attempting".to_owned()),
+            (0, "Address(a)".to_owned()),
+            (0, "Connected(0)".to_owned()),
+            (31, "Disconnected".to_owned()),
+            (31, "Attempting".to_owned()),
+            (32, "Address(a)".to_owned()),
+            (32, "Connected(1)".to_owned()),
+        ]
+    );
+    let stats = handle.stats();
+    assert_eq!((stats.graceful_closes, stats.failed_attempts), (1, 0));
+}
+
 /// A failed replacement leaves the old connection serving, without a `FailedToConnect` event
 /// or a `Disconnected`; the rotation is tried again after the retry delay (10 s), and counted
 /// as a failed attempt.
