@@ -8,7 +8,14 @@
 //! - `legacy`: hyper-util's `client::legacy::Client` with `http2_only(true)` over the
 //!   connector `build_http` makes (`HttpConnector`, TCP keep-alive at the pool's idle timeout),
 //!   with `TCP_NODELAY` on as the crate's connector sets it, and a count of the connections it
-//!   dials.
+//!   dials;
+//! - `hyper`, the reference: raw hyper `SendRequest`s over `TcpStream`s (`TCP_NODELAY`), every
+//!   task with its own clone of the current one, told nginx's limit (200) beforehand: it
+//!   counts the requests on each connection, dials the next one at the 100th, swaps it in at
+//!   the 200th (the last sent on the old one, which finishes its requests in flight), and
+//!   never sends a 201st. That is the ideal rotation, with nothing to learn and nothing sent
+//!   again: its ratio is what the server's rotation costs hyper, nginx and the kernel on this
+//!   machine, whoever the client.
 //!
 //! Loads: `64 in flight` (64 tasks sharing a budget of N requests, each sending `GET /`,
 //! reading the whole body, then the next) and `sequential` (one task, one request after the
@@ -53,6 +60,7 @@ use std::{
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http2::SendRequest;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo},
@@ -62,7 +70,11 @@ use persistent_connection::{
     BoxError, PersistentConnection, PersistentConnectionLayer,
     http::{Http2Connection, Http2Connector},
 };
-use tokio::{net::TcpStream, task::JoinSet};
+use tokio::{net::TcpStream, sync::watch, task::JoinSet};
+
+/// nginx's request limit per connection in the rotating configuration (the reference client
+/// knows it).
+const LIMIT: u64 = 200;
 use tower::{Service, ServiceExt};
 
 type Body = Empty<Bytes>;
@@ -132,6 +144,97 @@ enum Target {
         uri: Uri,
         dialed: Arc<AtomicU64>,
     },
+    /// The reference: this task's view of the current raw connection.
+    Hyper {
+        raw: Arc<RawHyper>,
+        mine: Arc<RawConnection>,
+        send: SendRequest<Body>,
+        seen: watch::Receiver<u64>,
+    },
+}
+
+/// A raw connection on its way.
+type Dialing = tokio::task::JoinHandle<Result<SendRequest<Body>, BoxError>>;
+
+/// One raw connection of the reference client, and the requests sent on it.
+struct RawConnection {
+    send: SendRequest<Body>,
+    sent: AtomicU64,
+}
+
+/// The reference client's shared state: the current connection, replaced at `every`
+/// requests if set.
+struct RawHyper {
+    addr: std::net::SocketAddr,
+    uri: Uri,
+    every: Option<u64>,
+    current: Mutex<Arc<RawConnection>>,
+    /// Bumped at each swap.
+    generation: watch::Sender<u64>,
+    spare: Mutex<Option<Dialing>>,
+    dialed: AtomicU64,
+}
+
+impl RawHyper {
+    /// A raw HTTP/2 connection to `addr`, its task spawned.
+    async fn dial(addr: std::net::SocketAddr) -> Result<SendRequest<Body>, BoxError> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let (send, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+        tokio::spawn(connection);
+        Ok(send)
+    }
+
+    /// Before each request: takes up the current connection if it changed, and counts the
+    /// request on it. The request at half the limit dials the next connection; the one at
+    /// the limit swaps it in (and is sent on the old one, its last); one past the limit waits
+    /// for the swap. So no request is ever sent past the limit, and none waits unless the
+    /// connection dialed ahead is not up by the limit.
+    async fn take_turn(
+        &self,
+        mine: &mut Arc<RawConnection>,
+        send: &mut SendRequest<Body>,
+        seen: &mut watch::Receiver<u64>,
+    ) -> Result<(), BoxError> {
+        // Whether a swap was seen (`changed` marks it seen: `has_changed` no longer tells).
+        let mut swapped = false;
+        loop {
+            if swapped || seen.has_changed()? {
+                seen.borrow_and_update();
+                *mine = self.current.lock().unwrap().clone();
+                *send = mine.send.clone();
+            }
+            let Some(every) = self.every else {
+                return Ok(());
+            };
+            let sent = mine.sent.fetch_add(1, Ordering::Relaxed) + 1;
+            if sent == every / 2 {
+                self.dialed.fetch_add(1, Ordering::Relaxed);
+                *self.spare.lock().unwrap() = Some(tokio::spawn(Self::dial(self.addr)));
+            }
+            match sent.cmp(&every) {
+                std::cmp::Ordering::Less => return Ok(()),
+                std::cmp::Ordering::Equal => {
+                    let spare = self.spare.lock().unwrap().take();
+                    let next = match spare {
+                        Some(dialing) => dialing.await??,
+                        None => Self::dial(self.addr).await?,
+                    };
+                    *self.current.lock().unwrap() = Arc::new(RawConnection {
+                        send: next,
+                        sent: AtomicU64::new(0),
+                    });
+                    self.generation.send_modify(|generation| *generation += 1);
+                    return Ok(());
+                }
+                std::cmp::Ordering::Greater => {
+                    seen.changed().await?;
+                    swapped = true;
+                }
+            }
+        }
+    }
 }
 
 impl Target {
@@ -169,11 +272,41 @@ impl Target {
         }
     }
 
-    /// Connections made so far: the layer's for ours, the connector's for legacy.
+    /// The reference client of `nginx`, connected, replacing its connection at `every`
+    /// requests if set.
+    async fn hyper(nginx: &Nginx, every: Option<u64>) -> Self {
+        let send = RawHyper::dial(nginx.addr())
+            .await
+            .expect("a raw connection to nginx");
+        let mine = Arc::new(RawConnection {
+            send: send.clone(),
+            sent: AtomicU64::new(0),
+        });
+        let (generation, seen) = watch::channel(0);
+        let raw = Arc::new(RawHyper {
+            addr: nginx.addr(),
+            uri: format!("http://{}/", nginx.addr()).parse().unwrap(),
+            every,
+            current: Mutex::new(mine.clone()),
+            generation,
+            spare: Mutex::new(None),
+            dialed: AtomicU64::new(0),
+        });
+        Self::Hyper {
+            raw,
+            mine,
+            send,
+            seen,
+        }
+    }
+
+    /// Connections made so far: the layer's for ours, the connector's for legacy, the dials
+    /// for the reference.
     fn connections(&self) -> u64 {
         match self {
             Self::Ours(svc) => svc.handle().stats().connections,
             Self::Legacy { dialed, .. } => dialed.load(Ordering::Relaxed),
+            Self::Hyper { raw, .. } => raw.dialed.load(Ordering::Relaxed),
         }
     }
 
@@ -181,7 +314,7 @@ impl Target {
     fn replayed(&self) -> u64 {
         match self {
             Self::Ours(svc) => svc.handle().stats().replayed_requests,
-            Self::Legacy { .. } => 0,
+            Self::Legacy { .. } | Self::Hyper { .. } => 0,
         }
     }
 
@@ -196,6 +329,17 @@ impl Target {
                 Self::Legacy { client, uri, .. } => {
                     let request = Request::get(uri.clone()).body(Empty::new()).unwrap();
                     client.request(request).await?
+                }
+                Self::Hyper {
+                    raw,
+                    mine,
+                    send,
+                    seen,
+                } => {
+                    raw.take_turn(mine, send, seen).await?;
+                    send.ready().await?;
+                    let request = Request::get(raw.uri.clone()).body(Empty::new()).unwrap();
+                    send.send_request(request).await?
                 }
             };
             let status = response.status();
@@ -217,13 +361,17 @@ impl Target {
 enum ClientKind {
     Ours,
     Legacy,
+    Hyper,
 }
 
 impl ClientKind {
+    const ALL: [Self; 3] = [Self::Ours, Self::Legacy, Self::Hyper];
+
     fn name(self) -> &'static str {
         match self {
             Self::Ours => "ours (Http2Connector + layer)",
             Self::Legacy => "hyper-util legacy Client",
+            Self::Hyper => "reference: raw hyper, swapping ideally at the limit",
         }
     }
 }
@@ -343,12 +491,13 @@ async fn bench(plan: Plan, test: bool) -> Result<(), String> {
     let mut targets = BTreeMap::new();
     let mut pairs = Vec::new();
     for load in [Load::InFlight, Load::Sequential] {
-        for client in [ClientKind::Ours, ClientKind::Legacy] {
+        for client in ClientKind::ALL {
             pairs.push((load, client));
             for (rotating, nginx) in [(false, &steady), (true, &rotating)] {
                 let target = match client {
                     ClientKind::Ours => Target::ours(nginx).await,
                     ClientKind::Legacy => Target::legacy(nginx),
+                    ClientKind::Hyper => Target::hyper(nginx, rotating.then_some(LIMIT)).await,
                 };
                 let case = Case {
                     load,
@@ -442,7 +591,7 @@ fn print_report(plan: Plan, figures: &BTreeMap<Case, CaseFigures>, elapsed: Dura
     );
     println!("|---|---|---|---|---|---|---|---|");
     for load in [Load::InFlight, Load::Sequential] {
-        for client in [ClientKind::Ours, ClientKind::Legacy] {
+        for client in ClientKind::ALL {
             let get = |rotating| {
                 &figures[&Case {
                     load,
@@ -518,7 +667,7 @@ fn check(plan: Plan, figures: &BTreeMap<Case, CaseFigures>, test: bool) -> Resul
                 figures.ok + figures.failed
             ));
         }
-        if case.client == ClientKind::Ours && figures.failed > 0 {
+        if matches!(case.client, ClientKind::Ours | ClientKind::Hyper) && figures.failed > 0 {
             problems.push(format!(
                 "{case:?}: {} requests failed: {:?}",
                 figures.failed, figures.errors
@@ -541,7 +690,7 @@ fn check(plan: Plan, figures: &BTreeMap<Case, CaseFigures>, test: bool) -> Resul
     }
     if problems.is_empty() {
         if test {
-            println!("rotation: every case ran; ours failed no request");
+            println!("rotation: every case ran; ours and the reference failed no request");
         }
         Ok(())
     } else {
