@@ -501,16 +501,13 @@ where
         );
         self.inbox.reconnect_now = false;
         self.inbox.reset_policy = false;
-        // With periodic health checks the driver keeps one copy, to check it and to publish
-        // it again after "not serving"; else none: the service clones keep their own.
-        let service = self
-            .settings
-            .health_check_interval
-            .map(|_| connection.clone());
+        // One copy of its own: to check its health, to publish it again after "not serving",
+        // and to ask its close signal again after it said `Retiring`.
+        let kept = connection.clone();
         let connected_at = Instant::now();
         self.report.event(Event::Connected(connection));
 
-        let mut health = Box::pin(self.next_health_check(service.as_ref()));
+        let mut health = Box::pin(self.next_health_check(&kept));
         let mut rotate_at = self
             .settings
             .max_connection_age
@@ -557,12 +554,7 @@ where
                     // the signal again for this connection's end. Said twice, it is a goodbye.
                     CloseReason::Retiring if !retiring => {
                         retiring = true;
-                        // The driver's copy, else the published one (its own).
-                        let copy = service.clone().or_else(|| word.and_then(|_| self.shared.current().1));
-                        let Some(copy) = copy else {
-                            break Ok(Disconnect::Signal(CloseReason::Retiring));
-                        };
-                        match guarded(|| self.close_signal.closed(&copy)) {
+                        match guarded(|| self.close_signal.closed(&kept)) {
                             Ok(signal) => closed.set(signal),
                             Err(panic) => break Ok(Disconnect::Signal(CloseReason::Error(
                                 format!("close signal panicked: {panic}").into(),
@@ -591,8 +583,8 @@ where
                             );
                         },
                         // ## NotServing => Connected
-                        Health::Serving => if let (None, Some(service)) = (word, &service) {
-                            word = Some(self.shared.publish(service.clone()).ok_or(Stop::Closed)?);
+                        Health::Serving => if word.is_none() {
+                            word = Some(self.shared.publish(kept.clone()).ok_or(Stop::Closed)?);
                             self.report.enter(State::Connected);
                             info!(
                                 persistent_connection_to = %self.shared.server_name,
@@ -600,7 +592,7 @@ where
                             );
                         },
                     }
-                    health.set(self.next_health_check(service.as_ref()));
+                    health.set(self.next_health_check(&kept));
                 }
                 () = sleep_until(rotate_at.unwrap_or_else(Instant::now)),
                     if rotate_at.is_some() && rotation.is_none() =>
@@ -624,7 +616,7 @@ where
                             } else {
                                 (Ending::Rotation, "rotated: the connection reached its maximum age and its replacement is up")
                             };
-                            self.retire(word, Ok(ending), reason, connected_at.elapsed(), service);
+                            self.retire(word, Ok(ending), reason, connected_at.elapsed(), kept);
                             return Ok(Served::Rotated { address, connection: new });
                         }
                         Err(error) => {
@@ -663,7 +655,7 @@ where
             }
             Err(stop) => (Err(*stop), stop.to_string(), false),
         };
-        self.retire(word, ending, &reason, lived, service);
+        self.retire(word, ending, &reason, lived, kept);
         ended.map(|_| Served::Ended { at_once })
     }
 
@@ -676,12 +668,12 @@ where
         ending: Result<Ending, Stop>,
         reason: &str,
         lived: Duration,
-        service: Option<S>,
+        kept: S,
     ) {
         if let Some(word) = word {
             drop(self.shared.withdraw(word));
         }
-        drop(service);
+        drop(kept);
         self.shared
             .disconnected(self.retry.failures(), ending.unwrap_or(Ending::Failure));
         info!(
@@ -703,17 +695,11 @@ where
 
     /// A future that waits for the health check interval, then checks `connection` once.
     /// Without an interval: a future that never resolves.
-    fn next_health_check(
-        &self,
-        connection: Option<&S>,
-    ) -> impl Future<Output = Health> + Send + use<A, S> {
-        let checked =
-            self.settings
-                .health_check_interval
-                .zip(connection)
-                .map(|(interval, connection)| {
-                    (interval, self.health_check.clone(), connection.clone())
-                });
+    fn next_health_check(&self, connection: &S) -> impl Future<Output = Health> + Send + use<A, S> {
+        let checked = self
+            .settings
+            .health_check_interval
+            .map(|interval| (interval, self.health_check.clone(), connection.clone()));
         let limit = self.settings.connect_timeout;
         async move {
             let Some((interval, health_check, connection)) = checked else {
