@@ -19,32 +19,18 @@ pub enum CloseReason {
     GracefulBeforeServing,
     /// The connection failed: reset, I/O error, keep-alive timeout.
     Error(BoxError),
-    /// The connection has not closed and still takes requests, but will soon stop: it nears
-    /// the server's request limit (see
-    /// [`Http2Connector::dial_ahead`](crate::http::Http2Connector::dial_ahead)). The layer makes
-    /// the replacement now, while this connection serves, and swaps the two once the
-    /// replacement is up (make before break, as at
-    /// [`max_connection_age`](crate::PersistentConnectionLayer::max_connection_age)): the
-    /// requests see no moment without a connection. The close signal is then asked again for
-    /// the same connection, to learn of its end should that come first; a signal must not say
-    /// `Retiring` twice for one connection. Should the connection fail or close before its
-    /// replacement is up, `Retiring` counts as [`Graceful`](Self::Graceful).
-    Retiring,
 }
 
 impl CloseReason {
-    /// Whether the close was graceful (an orderly goodbye, served or not, or a retirement).
+    /// Whether the close was graceful (an orderly goodbye, served or not).
     pub fn is_graceful(&self) -> bool {
-        matches!(
-            self,
-            Self::Graceful | Self::GracefulBeforeServing | Self::Retiring
-        )
+        matches!(self, Self::Graceful | Self::GracefulBeforeServing)
     }
 
     /// Whether the layer replaces the connection at once, without counting a failure: a
-    /// graceful close of a connection that served, or a retirement.
+    /// graceful close of a connection that served.
     pub fn replaces_at_once(&self) -> bool {
-        matches!(self, Self::Graceful | Self::Retiring)
+        matches!(self, Self::Graceful)
     }
 }
 
@@ -56,7 +42,6 @@ impl fmt::Display for CloseReason {
                 f.write_str("closed gracefully before answering any request")
             }
             Self::Error(error) => write!(f, "closed with error: {error}"),
-            Self::Retiring => f.write_str("retiring: it nears its end and still serves"),
         }
     }
 }
@@ -84,8 +69,7 @@ pub trait CloseSignal<S>: Send + Sync + 'static {
     /// The future that resolves when the connection has closed.
     type Future: Future<Output = CloseReason> + Send + 'static;
 
-    /// Called once per new connection, and once more for a connection whose future said
-    /// [`CloseReason::Retiring`].
+    /// Called once per new connection.
     fn closed(&self, connection: &S) -> Self::Future;
 }
 

@@ -356,9 +356,7 @@ impl<A, E, C, H> PersistentConnectionLayer<A, E, C, H> {
 
     /// Tells the driver when a connection has closed by itself, so it reconnects without
     /// waiting for a request to fail: `close_signal(&conn)` returns a future that resolves,
-    /// with a [`CloseReason`](crate::close::CloseReason), when `conn` has closed (or, with
-    /// [`CloseReason::Retiring`](crate::close::CloseReason::Retiring), when it nears its end
-    /// and should be replaced make before break). See
+    /// with a [`CloseReason`](crate::close::CloseReason), when `conn` has closed. See
     /// [`CloseSignal`](crate::close::CloseSignal).
     ///
     /// Default is no signal: a connection ends only when its `poll_ready` fails.

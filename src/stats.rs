@@ -26,7 +26,7 @@ use crate::error::ConnectError;
 /// | `persistent_connection_failed_attempts_total` | counter | failed attempts; label `kind`: `discovery`, `connect`, `timeout`, `panic`, `health_check` |
 /// | `persistent_connection_connections_total` | counter | connections made |
 /// | `persistent_connection_disconnections_total` | counter | connections ended |
-/// | `persistent_connection_graceful_closes_total` | counter | connections ended by the server's goodbye, replaced at once, or swapped out as they neared it (a subset of the disconnections) |
+/// | `persistent_connection_graceful_closes_total` | counter | connections ended by the server's goodbye, replaced at once (a subset of the disconnections) |
 /// | `persistent_connection_rotations_total` | counter | connections replaced at their maximum age (a subset of the disconnections) |
 /// | `persistent_connection_connected` | gauge | 1 while connected, else 0 |
 /// | `persistent_connection_next_delay_seconds` | gauge | the delay armed before the latest attempt |
@@ -53,9 +53,8 @@ pub struct Stats {
     /// that outlived the flap guard, or by `reconnect_now`).
     pub consecutive_failures: u32,
     /// Connections that ended with the server's goodbye after serving (HTTP/2 `GOAWAY`,
-    /// `Connection: close`, an idle close), each replaced at once, or that were swapped out
-    /// make before break as they neared it ([`CloseReason::Retiring`](crate::close::CloseReason::Retiring));
-    /// none counted as a failure. Included in `disconnections`.
+    /// `Connection: close`, an idle close): each replaced at once, none counted as a failure.
+    /// Included in `disconnections`.
     pub graceful_closes: u64,
     /// Connections replaced by the client because they reached
     /// [`max_connection_age`](crate::PersistentConnectionLayer::max_connection_age), make

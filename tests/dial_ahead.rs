@@ -3,11 +3,9 @@
 //! line when nginx is not installed, unless `REQUIRE_REAL_SERVERS=1`).
 //!
 //! After two goodbyes at the same count the connector knows the limit: each connection from
-//! the third on is swapped out by the layer at 18 requests (seven eighths) for the one dialed
-//! ahead, or (one in eight, to notice a raised limit) retired at exactly 20 (so nginx never
-//! receives a request past its limit, and refuses none), and each one from the fourth on was
-//! dialed while its predecessor still served, and taken ready. With `dial_ahead(false)`
-//! nothing of this happens.
+//! the third on is retired at exactly 20 requests (so nginx never receives a request past its
+//! limit, and refuses none), and each one from the fourth on was dialed while its predecessor
+//! still served, and taken ready. With `dial_ahead(false)` nothing of this happens.
 //!
 //! A binary of its own: the log recorder it installs records every debug line of the crate,
 //! which must not weigh on the throughput runs of `goodbye_nginx`.
@@ -40,9 +38,8 @@ use tower::{Service, ServiceExt};
 const LIMIT: u32 = 20;
 /// Concurrent request loops: each has at most one request in flight.
 const LOOPS: u64 = 4;
-/// Connections a run goes through (goodbyes + 1): the tenth is the first to run to the limit
-/// once it is known (one in eight does).
-const CONNECTIONS: u64 = 12;
+/// Connections a run goes through (goodbyes + 1).
+const CONNECTIONS: u64 = 10;
 /// Bounds: on the whole run, on one request.
 const RUN_BOUND: Duration = Duration::from_secs(60);
 const REQUEST_BOUND: Duration = Duration::from_secs(5);
@@ -53,8 +50,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const DIALING: &str = "dialing the next connection ahead of the server's request limit";
 const TAKING: &str = "taking the connection dialed ahead of the request limit";
 const RETIRING: &str = "the connection reached the server's request limit: retiring it";
-const NEARING: &str = "the connection nears the server's request limit: asking for its replacement";
-const SWAPPED: &str = "replaced: the connection neared its end and its replacement is up";
 
 struct Outcome {
     ok: u64,
@@ -63,32 +58,21 @@ struct Outcome {
     dialing: usize,
     taking: usize,
     retiring: usize,
-    nearing: usize,
-    swapped: usize,
 }
 
 /// [`LOOPS`] loops of `GET /` through one layer over `connector`, until the layer has made
 /// [`CONNECTIONS`] connections.
 async fn run(connector: Http2Connector<Empty<Bytes>>) -> Option<Outcome> {
     let logs = LogRecorder::global();
-    // A line with this message, or (the layer's "disconnected") with this reason.
     let count = |message: &str| {
         logs.records()
             .iter()
-            .filter(|r| {
-                r.message == message || r.fields.get("reason").is_some_and(|why| why == message)
-            })
+            .filter(|r| r.message == message)
             .count()
     };
     let nginx =
         Nginx::start(Config::h2c().directive(&format!("keepalive_requests {LIMIT};"))).await?;
-    let before = (
-        count(DIALING),
-        count(TAKING),
-        count(RETIRING),
-        count(NEARING),
-        count(SWAPPED),
-    );
+    let before = (count(DIALING), count(TAKING), count(RETIRING));
     let svc = PersistentConnectionLayer::fixed_address(nginx.addr())
         .server_name("nginx")
         .http2(connector);
@@ -135,12 +119,10 @@ async fn run(connector: Http2Connector<Empty<Bytes>>) -> Option<Outcome> {
         dialing: count(DIALING) - before.0,
         taking: count(TAKING) - before.1,
         retiring: count(RETIRING) - before.2,
-        nearing: count(NEARING) - before.3,
-        swapped: count(SWAPPED) - before.4,
     };
     println!(
         "requests {} failed {}; connections {} graceful closes {} refused by nginx (resent) {}; \
-         dialed ahead {} taken {} near the limit {} swapped {} retired {}",
+         dialed ahead {} taken {} retired {}",
         outcome.ok,
         outcome.failed,
         outcome.stats.connections,
@@ -148,8 +130,6 @@ async fn run(connector: Http2Connector<Empty<Bytes>>) -> Option<Outcome> {
         outcome.stats.replayed_requests,
         outcome.dialing,
         outcome.taking,
-        outcome.nearing,
-        outcome.swapped,
         outcome.retiring,
     );
     Some(outcome)
@@ -175,22 +155,13 @@ async fn a_known_request_limit_is_dialed_ahead_of_and_never_exceeded() {
         "nginx refused {} requests sent past its limit after the limit was known",
         outcome.stats.replayed_requests
     );
-    // From the third connection on, each one is swapped out near the limit while it serves,
-    // or runs to the limit and retires there (the last one may be closed by the end of the
-    // run first)...
+    // From the third connection on, each one retires at the limit (the last one may be
+    // closed by the end of the run first)...
     let known = usize::try_from(connections - 2).unwrap();
     assert!(
-        outcome.swapped + outcome.retiring + 1 >= known,
-        "{} of {known} connections swapped out near the limit, {} retired at it",
-        outcome.swapped,
+        outcome.retiring + 1 >= known,
+        "{} of {known} connections retired at the limit",
         outcome.retiring
-    );
-    assert!(outcome.nearing >= outcome.swapped);
-    // ... one in eight runs to the limit (the tenth connection), to notice a raised limit ...
-    assert!(
-        outcome.retiring >= 1,
-        "no connection ran to the limit: {} swapped",
-        outcome.swapped
     );
     // ... and from the fourth on, each one was dialed ahead and taken ready.
     assert_eq!(outcome.taking, known - 1, "connections taken ready");
@@ -206,13 +177,7 @@ async fn dial_ahead_off_dials_nothing_ahead_and_retires_nothing() {
     assert!(outcome.stats.connections >= CONNECTIONS);
     assert_eq!(outcome.failed, 0, "requests failed");
     assert_eq!(
-        (
-            outcome.dialing,
-            outcome.taking,
-            outcome.nearing,
-            outcome.swapped,
-            outcome.retiring
-        ),
-        (0, 0, 0, 0, 0)
+        (outcome.dialing, outcome.taking, outcome.retiring),
+        (0, 0, 0)
     );
 }

@@ -44,7 +44,7 @@ use crate::{
     discovery::GetAddress,
     error::ConnectError,
     event::Event,
-    panic::{self, guarded},
+    panic,
     retry::Backoff,
     shared::{Shared, Word},
     state::State,
@@ -501,20 +501,21 @@ where
         );
         self.inbox.reconnect_now = false;
         self.inbox.reset_policy = false;
-        // One copy of its own: to check its health, to publish it again after "not serving",
-        // and to ask its close signal again after it said `Retiring`.
-        let kept = connection.clone();
+        // With periodic health checks the driver keeps one copy, to check it and to publish
+        // it again after "not serving"; else none: the service clones keep their own.
+        let service = self
+            .settings
+            .health_check_interval
+            .map(|_| connection.clone());
         let connected_at = Instant::now();
         self.report.event(Event::Connected(connection));
 
-        let mut health = Box::pin(self.next_health_check(&kept));
+        let mut health = Box::pin(self.next_health_check(service.as_ref()));
         let mut rotate_at = self
             .settings
             .max_connection_age
             .map(|age| after(self.retry.jittered(age)));
         let mut rotation: Option<AttemptFuture<A, S>> = None;
-        // Whether the close signal said `Retiring`: the replacement is for that, not the age.
-        let mut retiring = false;
 
         // ## Connected => Disconnected
         //
@@ -547,29 +548,7 @@ where
                         "ignoring a failure report about an older connection",
                     ),
                 },
-                reason = &mut closed => match signal_reason(reason) {
-                    // ## Connected => Connected (make before break, asked by the connection)
-                    //
-                    // It nears its end and still serves: make the replacement now, and ask
-                    // the signal again for this connection's end. Said twice, it is a goodbye.
-                    CloseReason::Retiring if !retiring => {
-                        retiring = true;
-                        match guarded(|| self.close_signal.closed(&kept)) {
-                            Ok(signal) => closed.set(signal),
-                            Err(panic) => break Ok(Disconnect::Signal(CloseReason::Error(
-                                format!("close signal panicked: {panic}").into(),
-                            ))),
-                        }
-                        if rotation.is_none() {
-                            debug!(
-                                persistent_connection_to = %self.shared.server_name,
-                                "the connection nears its end; making its replacement while it serves",
-                            );
-                            rotation = Some(self.start_rotation());
-                        }
-                    }
-                    reason => break Ok(Disconnect::Signal(reason)),
-                },
+                reason = &mut closed => break Ok(Disconnect::Signal(signal_reason(reason))),
                 health_now = &mut health => {
                     match health_now {
                         Health::Failed(error) => break Ok(Disconnect::Unhealthy(error)),
@@ -583,8 +562,8 @@ where
                             );
                         },
                         // ## NotServing => Connected
-                        Health::Serving => if word.is_none() {
-                            word = Some(self.shared.publish(kept.clone()).ok_or(Stop::Closed)?);
+                        Health::Serving => if let (None, Some(service)) = (word, &service) {
+                            word = Some(self.shared.publish(service.clone()).ok_or(Stop::Closed)?);
                             self.report.enter(State::Connected);
                             info!(
                                 persistent_connection_to = %self.shared.server_name,
@@ -592,7 +571,7 @@ where
                             );
                         },
                     }
-                    health.set(self.next_health_check(&kept));
+                    health.set(self.next_health_check(service.as_ref()));
                 }
                 () = sleep_until(rotate_at.unwrap_or_else(Instant::now)),
                     if rotate_at.is_some() && rotation.is_none() =>
@@ -601,7 +580,8 @@ where
                         persistent_connection_to = %self.shared.server_name,
                         "the connection reached its maximum age; making its replacement",
                     );
-                    rotation = Some(self.start_rotation());
+                    self.shared.start_attempt(Duration::ZERO, self.retry.failures());
+                    rotation = Some(self.whole_attempt());
                 }
                 (maker, outcome) = async { rotation.as_mut().expect("guarded by the condition").await },
                     if rotation.is_some() =>
@@ -611,12 +591,8 @@ where
                     match outcome {
                         Ok((address, new)) => {
                             // ## make before break: the replacement is up; retire the old one.
-                            let (ending, reason) = if retiring {
-                                (Ending::Goodbye, "replaced: the connection neared its end and its replacement is up")
-                            } else {
-                                (Ending::Rotation, "rotated: the connection reached its maximum age and its replacement is up")
-                            };
-                            self.retire(word, Ok(ending), reason, connected_at.elapsed(), kept);
+                            let reason = "rotated: the connection reached its maximum age and its replacement is up";
+                            self.retire(word, Ok(Ending::Rotation), reason, connected_at.elapsed(), service);
                             return Ok(Served::Rotated { address, connection: new });
                         }
                         Err(error) => {
@@ -655,7 +631,7 @@ where
             }
             Err(stop) => (Err(*stop), stop.to_string(), false),
         };
-        self.retire(word, ending, &reason, lived, kept);
+        self.retire(word, ending, &reason, lived, service);
         ended.map(|_| Served::Ended { at_once })
     }
 
@@ -668,12 +644,12 @@ where
         ending: Result<Ending, Stop>,
         reason: &str,
         lived: Duration,
-        kept: S,
+        service: Option<S>,
     ) {
         if let Some(word) = word {
             drop(self.shared.withdraw(word));
         }
-        drop(kept);
+        drop(service);
         self.shared
             .disconnected(self.retry.failures(), ending.unwrap_or(Ending::Failure));
         info!(
@@ -685,21 +661,19 @@ where
         self.report.event(Event::Disconnected);
     }
 
-    /// Starts making the replacement of the connection served (at its maximum age, or asked
-    /// by its close signal), as a future the driver polls while it serves.
-    fn start_rotation(&mut self) -> AttemptFuture<A, S> {
-        self.shared
-            .start_attempt(Duration::ZERO, self.retry.failures());
-        self.whole_attempt()
-    }
-
     /// A future that waits for the health check interval, then checks `connection` once.
     /// Without an interval: a future that never resolves.
-    fn next_health_check(&self, connection: &S) -> impl Future<Output = Health> + Send + use<A, S> {
-        let checked = self
-            .settings
-            .health_check_interval
-            .map(|interval| (interval, self.health_check.clone(), connection.clone()));
+    fn next_health_check(
+        &self,
+        connection: Option<&S>,
+    ) -> impl Future<Output = Health> + Send + use<A, S> {
+        let checked =
+            self.settings
+                .health_check_interval
+                .zip(connection)
+                .map(|(interval, connection)| {
+                    (interval, self.health_check.clone(), connection.clone())
+                });
         let limit = self.settings.connect_timeout;
         async move {
             let Some((interval, health_check, connection)) = checked else {

@@ -3,23 +3,17 @@
 //! `max_requests_per_connection`) tells the number in each `GOAWAY` (its last stream id).
 //! Once two connections in a row ended at the same count, the connector dials the next
 //! connection when three quarters of the count have been answered on the current one, and the
-//! layer's next attempt takes it ready: the goodbye costs no handshake. At seven eighths of the
-//! count the connection's close signal says `Retiring`: the layer takes the connection dialed
-//! ahead and swaps it in while the old one still serves, so the requests never wait for a
-//! connection. At the count itself the connection retires (takes no new request), so no
-//! request is sent past the limit only to be refused and sent again; if the server then does
-//! not say goodbye, the limit is forgotten and learned again. So that a raised limit is
-//! noticed, one connection in [`PROBE_EVERY`] is not swapped early: it runs to the limit.
+//! layer's next attempt takes it ready: the goodbye costs no handshake. At the count itself
+//! the connection retires (takes no new request), so no request is sent past the limit only
+//! to be refused and sent again; if the server then does not say goodbye, the limit is
+//! forgotten and learned again.
 //!
 //! Nothing is dialed ahead for a server whose goodbyes come at varying counts (reloads,
 //! restarts, a maximum connection age).
 
 use std::{
     future::Future,
-    sync::{
-        Mutex, PoisonError,
-        atomic::{AtomicU32, Ordering},
-    },
+    sync::{Mutex, PoisonError},
     time::Duration,
 };
 
@@ -31,10 +25,6 @@ use crate::BoxError;
 /// is bounded by itself; the layer's connect timeout bounds the attempt that waits for it).
 const DIAL_BOUND: Duration = Duration::from_secs(30);
 
-/// One connection in this many runs to the server's request limit rather than being swapped
-/// out at seven eighths of it: if the server then says no goodbye, its limit was raised.
-pub(crate) const PROBE_EVERY: u32 = 8;
-
 /// The largest stream id (31 bits).
 const MAX_STREAM_ID: u32 = 0x7fff_ffff;
 
@@ -44,8 +34,6 @@ pub(crate) struct Ahead<C> {
     /// naming its last stream (0: none yet).
     taken: Mutex<[u32; 2]>,
     spare: Mutex<Option<Spare<C>>>,
-    /// Connections made with the limit known (for the probe, see [`PROBE_EVERY`]).
-    made: AtomicU32,
 }
 
 /// A connection dialed ahead, to the address with this authority: ready, or on its way.
@@ -59,7 +47,6 @@ impl<C> Ahead<C> {
         Self {
             taken: Mutex::new([0; 2]),
             spare: Mutex::new(None),
-            made: AtomicU32::new(0),
         }
     }
 
@@ -92,22 +79,10 @@ impl<C: Send + 'static> Ahead<C> {
         self.limit().map(|limit| limit.div_ceil(2))
     }
 
-    /// For a new connection: the request whose sending has its close signal say `Retiring`,
-    /// at seven eighths of the [`limit`](Self::limit) (after the dial ahead has started, and
-    /// early enough for the swap to be done before the limit with many requests in flight);
-    /// `None` for one connection in [`PROBE_EVERY`], which runs to the limit.
-    pub(crate) fn retiring_at(&self) -> Option<u32> {
-        let limit = self.limit()?;
-        let made = self.made.fetch_add(1, Ordering::Relaxed);
-        let probe = made % PROBE_EVERY == PROBE_EVERY - 1;
-        (!probe).then(|| limit - limit / 8)
-    }
-
     /// The server did not say goodbye at the limit (it was raised, or there is none any
     /// more): it is learned again from the next goodbyes.
     pub(crate) fn forget(&self) {
         *lock(&self.taken) = [0; 2];
-        self.made.store(0, Ordering::Relaxed);
     }
 
     /// Starts `dial` in a task of its own, as the spare for `authority` (a spare dialed before
@@ -158,27 +133,8 @@ mod tests {
         ahead.record_goodbye(401);
         assert_eq!(ahead.limit(), Some(201));
         assert_eq!(ahead.threshold(), Some(101));
-        // 201 - 201 / 8: the 176th request.
-        assert_eq!(ahead.retiring_at(), Some(176));
         ahead.forget();
         assert_eq!(ahead.limit(), None);
-    }
-
-    #[test]
-    fn one_connection_in_eight_runs_to_the_limit() {
-        let ahead = Ahead::<()>::new();
-        assert_eq!(ahead.retiring_at(), None, "no limit known");
-        ahead.record_goodbye(399);
-        ahead.record_goodbye(399);
-        let points: Vec<_> = (0..16).map(|_| ahead.retiring_at()).collect();
-        let probes: Vec<_> = (0..16).filter(|&i| points[i].is_none()).collect();
-        assert_eq!(probes, [7, 15], "{points:?}");
-        assert!(points.iter().flatten().all(|&at| at == 175), "{points:?}");
-        // Learned again: the count starts again.
-        ahead.forget();
-        ahead.record_goodbye(399);
-        ahead.record_goodbye(399);
-        assert_eq!(ahead.retiring_at(), Some(175));
     }
 
     #[test]

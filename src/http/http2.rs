@@ -238,19 +238,6 @@ impl<B> Http2Connector<B> {
     /// goodbye costs no handshake. A server whose goodbyes come at varying counts gets no
     /// connection ahead; a connection dialed ahead that the server closes before it is
     /// needed is not used.
-    ///
-    /// With resends on (the default, see [`max_replays`](Self::max_replays)), the connector
-    /// also keeps each connection under the limit:
-    /// - when seven eighths of the count have been sent, the connection's
-    ///   [close signal](Http2Connection::closed) says
-    ///   [`Retiring`](crate::close::CloseReason::Retiring): the layer takes the connection
-    ///   dialed ahead and swaps it in while the old one still serves, so no request waits for
-    ///   a connection;
-    /// - at the count itself the connection retires: it takes no new request (a request that
-    ///   finds it retired goes to the next connection unsent), so the server refuses none.
-    ///
-    /// One connection in eight is not swapped early but runs to the limit: if the server then
-    /// says no goodbye there, its limit was raised, and the connector learns it again.
     pub fn dial_ahead(mut self, enabled: bool) -> Self {
         self.ahead = enabled.then(|| Arc::new(Ahead::new()));
         self
@@ -416,12 +403,9 @@ where
         let ahead = self.ahead.clone();
         let known = ahead.as_ref().and_then(Weak::upgrade);
         let threshold = known.as_ref().and_then(|ahead| ahead.threshold());
-        // Retirement (at the limit, and the swap before it) needs resends: a request sent
-        // past the limit is kept back and sent on the next connection.
-        let (retire_after, retiring_at) = match known.filter(|_| self.replay.max_replays > 0) {
-            Some(ahead) => (ahead.limit(), ahead.retiring_at()),
-            None => (None, None),
-        };
+        let retire_after = known
+            .and_then(|ahead| ahead.limit())
+            .filter(|_| self.replay.max_replays > 0);
         Box::pin(async move {
             let handshake = handshake?;
             let stream = address.dial().await.map_err(|error| match error.kind() {
@@ -531,7 +515,6 @@ where
                         config: self.replay.clone(),
                     },
                     retire_after,
-                    retiring_at: retiring_at.unwrap_or(0),
                     dial_at: dial_ahead.as_ref().map_or(0, |(at, _)| *at),
                     dial_ahead: Mutex::new(dial_ahead.map(|(_, dial)| dial)),
                     sent: AtomicU32::new(0),
@@ -604,9 +587,6 @@ struct Shared<B> {
     /// The server's request limit, when known (and resends are on): the connection retires
     /// once it has sent this many requests.
     retire_after: Option<u32>,
-    /// The request whose sending has the close signal say `Retiring` (0: none): the layer
-    /// swaps in the connection dialed ahead while this one serves.
-    retiring_at: u32,
     /// The request whose sending dials the next connection ahead of the server's request
     /// limit (0: none), and the dial.
     dial_at: u32,
@@ -638,25 +618,13 @@ impl<B> Http2Connection<B> {
     /// doubled its keep-alive interval by then, and the replacement is made at once. So is the
     /// retirement of a connection at the server's known request limit (see
     /// [`Http2Connector::dial_ahead`]).
-    ///
-    /// Near that limit, while the connection still takes requests, the future says
-    /// [`CloseReason::Retiring`] (once per connection: a future made after that resolves at
-    /// the connection's end only), so that the layer swaps in the next connection before this
-    /// one stops taking requests.
     pub fn closed(&self) -> impl Future<Output = CloseReason> + Send + use<B> {
         let status = self.shared.status.clone();
         let pinged = self.shared.pinged.clone();
-        // `Retiring` is said once: a signal made after it waits for the close only.
-        let told = status.borrow().retiring;
         async move {
-            let status = sniff::until(status, move |status: &Status| {
-                closing(status) || status.retiring && !told
-            })
-            .await;
+            let status = sniff::until(status, closing).await;
             let asked = pinged.asked();
             match status {
-                // Near the limit, and still taking requests.
-                status if !closing(&status) => CloseReason::Retiring,
                 // Our pings were too frequent, not the server broken: replace at once. (Not
                 // when no ping can have gone out: then it is a goodbye with an error code.)
                 Status {
@@ -939,9 +907,6 @@ impl<B> Shared<B> {
                 dial();
             }
         }
-        if sent == self.retiring_at {
-            self.near_limit();
-        }
         let Some(limit) = self.retire_after else {
             return Admit::Send;
         };
@@ -950,20 +915,6 @@ impl<B> Shared<B> {
             std::cmp::Ordering::Equal => Admit::SendAndRetire,
             std::cmp::Ordering::Greater => Admit::KeepBack,
         }
-    }
-
-    /// The connection nears the server's request limit: its close signal says `Retiring`, and
-    /// the layer swaps in the connection dialed ahead while this one still takes requests.
-    fn near_limit(&self) {
-        tracing::debug!(
-            limit = self.retire_after,
-            "the connection nears the server's request limit: asking for its replacement"
-        );
-        self.publish.send_if_modified(|status| {
-            let changed = !status.retiring;
-            status.retiring = true;
-            changed
-        });
     }
 
     /// The connection has sent as many requests as the server takes on one: it takes no new

@@ -36,9 +36,6 @@ pub(crate) struct Status {
     /// HTTP/2: the connection reached the server's request limit and takes no new request
     /// (see `ahead`).
     pub(crate) retired: bool,
-    /// HTTP/2: the connection nears the server's request limit and still takes requests; its
-    /// close signal says `Retiring` (see `ahead`).
-    pub(crate) retiring: bool,
     /// The server sent `GOAWAY`.
     pub(crate) goaway: bool,
     /// The server has answered at least one request: a `HEADERS` frame arrived on a stream.
@@ -79,7 +76,7 @@ impl Status {
 /// poll: this future must be ready then.
 pub(crate) async fn until(
     mut status: watch::Receiver<Status>,
-    done: impl Fn(&Status) -> bool + Copy,
+    done: fn(&Status) -> bool,
 ) -> Status {
     let peek = status.clone();
     let mut changed = pin!(async move {

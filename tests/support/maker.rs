@@ -209,9 +209,6 @@ struct ConnInner {
     /// Registers no waker when busy, like hyper's HTTP/2 `SendRequest`.
     silent: AtomicBool,
     closed: watch::Sender<bool>,
-    /// Whether the close signal says `Retiring` (once per connection: a signal made after
-    /// that waits for the close only).
-    retiring: watch::Sender<bool>,
     /// Whether the close signal reports a graceful close.
     graceful: Arc<AtomicBool>,
     /// Whether that graceful close comes before serving anything.
@@ -239,7 +236,6 @@ impl Conn {
                 busy: AtomicBool::new(false),
                 silent: AtomicBool::new(false),
                 closed: watch::Sender::new(false),
-                retiring: watch::Sender::new(false),
                 graceful: Arc::new(AtomicBool::new(false)),
                 unserved: Arc::new(AtomicBool::new(false)),
                 calls: AtomicUsize::new(0),
@@ -289,12 +285,6 @@ impl Conn {
         self.inner.closed.send_replace(true);
     }
 
-    /// Has the close signal say `CloseReason::Retiring`: the connection nears its end and
-    /// still serves (as an HTTP/2 connection near the server's request limit).
-    pub fn retire_soon(&self) {
-        self.inner.retiring.send_replace(true);
-    }
-
     /// Makes `poll_ready` Pending (registering a waker unless `silent`).
     pub fn set_busy(&self, busy: bool) {
         self.inner.busy.store(busy, Ordering::SeqCst);
@@ -323,19 +313,10 @@ impl Conn {
     /// The close-signal future for this connection (for `close_signal`).
     pub fn closed(&self) -> impl Future<Output = CloseReason> + Send + use<> {
         let mut rx = self.inner.closed.subscribe();
-        let mut retiring = self.inner.retiring.subscribe();
-        // Said once: a signal made after it waits for the close only.
-        let told = *retiring.borrow_and_update();
         let graceful = self.inner.graceful.clone();
         let unserved = self.inner.unserved.clone();
         async move {
-            tokio::select! {
-                biased;
-                _ = rx.wait_for(|closed| *closed) => {}
-                _ = retiring.wait_for(|retiring| *retiring), if !told => {
-                    return CloseReason::Retiring;
-                }
-            }
+            let _ = rx.wait_for(|closed| *closed).await;
             if unserved.load(Ordering::SeqCst) {
                 CloseReason::GracefulBeforeServing
             } else if graceful.load(Ordering::SeqCst) {
