@@ -15,13 +15,14 @@
 //!   the 200th (the last sent on the old one, which finishes its requests in flight), and
 //!   never sends a 201st. That is the ideal rotation, with nothing to learn and nothing sent
 //!   again: its ratio is what the server's rotation costs hyper, nginx and the kernel on this
-//!   machine, whoever the client.
+//!   machine, whoever the client. (Its failures are reported, not asserted: in about one run
+//!   in three under another allocator, one request of 610,000 met nginx's goodbye.)
 //!
 //! Loads: `64 in flight` (64 tasks sharing a budget of N requests, each sending `GET /`,
 //! reading the whole body, then the next) and `sequential` (one task, one request after the
 //! other). A request fails if it errs, answers anything but `200 ok`, or takes more than 5 s.
 //!
-//! A round runs every case (2 clients x 2 servers x 2 loads) once, N requests each, with a
+//! A round runs every case (3 clients x 2 servers x 2 loads) once, N requests each, with a
 //! client of its own per case; each client and load runs its two cases (no rotation,
 //! rotation) back to back, in alternating order, so that each round's ratio compares two runs
 //! close in time (other processes on the machine come and go within seconds). The figures are
@@ -30,12 +31,18 @@
 //! failed requests are totals over all rounds. `BENCH_VERBOSE=1` also prints every round.
 //!
 //! `cargo bench --bench rotation`: 61 rounds of 10,000 requests per case with 64 in flight
-//! and 2,000 sequential, about a minute. (A connection to the server without rotation must
+//! and 2,000 sequential, about 75 s. (A connection to the server without rotation must
 //! never reach its 1,000,000 requests: 61 x 10,000 plus the warm-up stay below, and the bench
 //! checks that `ours` made no connection there during the rounds.)
 //! `cargo bench --bench rotation -- --test`: two rounds of 2,000 / 600 requests, asserting
 //! that every case ran, that nginx rotated, and that `ours` failed no request (`legacy`'s
 //! failures are reported, not asserted).
+//!
+//! The client's allocator matters here (each rotation frees and allocates a connection's
+//! buffers while 64 requests are in flight). To run the clients over another one, preload it
+//! into the built bench (nginx is started without `LD_PRELOAD`, so only the clients change):
+//! `LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2 target/release/deps/rotation-<hash>
+//! --bench` (Debian packages `libmimalloc2.0`, `libjemalloc2`).
 //!
 //! Without an nginx binary the bench prints one line naming the Debian package `nginx` and
 //! exits successfully, unless `REQUIRE_REAL_SERVERS=1` (then it fails).
@@ -667,7 +674,7 @@ fn check(plan: Plan, figures: &BTreeMap<Case, CaseFigures>, test: bool) -> Resul
                 figures.ok + figures.failed
             ));
         }
-        if matches!(case.client, ClientKind::Ours | ClientKind::Hyper) && figures.failed > 0 {
+        if case.client == ClientKind::Ours && figures.failed > 0 {
             problems.push(format!(
                 "{case:?}: {} requests failed: {:?}",
                 figures.failed, figures.errors
@@ -690,7 +697,7 @@ fn check(plan: Plan, figures: &BTreeMap<Case, CaseFigures>, test: bool) -> Resul
     }
     if problems.is_empty() {
         if test {
-            println!("rotation: every case ran; ours and the reference failed no request");
+            println!("rotation: every case ran; ours failed no request");
         }
         Ok(())
     } else {
