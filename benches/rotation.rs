@@ -15,8 +15,8 @@
 //!   the 200th (the last sent on the old one, which finishes its requests in flight), and
 //!   never sends a 201st. That is the ideal rotation, with nothing to learn and nothing sent
 //!   again: its ratio is what the server's rotation costs hyper, nginx and the kernel on this
-//!   machine, whoever the client. (Its failures are reported, not asserted: in about one run
-//!   in three under another allocator, one request of 610,000 met nginx's goodbye.)
+//!   machine, whoever the client. (Its failures are reported, not asserted: in one of the
+//!   runs published, one request of 610,000 met nginx's goodbye, cause not found.)
 //!
 //! Loads: `64 in flight` (64 tasks sharing a budget of N requests, each sending `GET /`,
 //! reading the whole body, then the next) and `sequential` (one task, one request after the
