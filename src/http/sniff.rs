@@ -189,6 +189,8 @@ struct Frames {
     first_seen: bool,
     /// The first frame is the server's `SETTINGS`, whose payload is still being read.
     in_preface: bool,
+    /// A response's `HEADERS` has been seen (and published: once, not on every frame).
+    served: bool,
 }
 
 impl Frames {
@@ -240,12 +242,10 @@ impl Frames {
                         status.send_modify(|status| status.not_a_preface = true);
                     }
                 }
-                let served = header[3] == HEADERS && stream != 0;
-                status.send_if_modified(|status| {
-                    let changed = served && !status.served;
-                    status.served |= served;
-                    changed
-                });
+                if header[3] == HEADERS && stream != 0 && !std::mem::replace(&mut self.served, true)
+                {
+                    status.send_if_modified(|status| !std::mem::replace(&mut status.served, true));
+                }
                 if header[3] == GOAWAY {
                     if self.payload < GOAWAY_FIXED {
                         // Malformed (hyper ends the connection for it): a goodbye without
