@@ -28,7 +28,9 @@
 //! close in time (other processes on the machine come and go within seconds). The figures are
 //! the medians over the rounds of the successful requests/s (a failed request is no
 //! throughput), and of each round's own ratio rotation / no rotation per client and load;
-//! failed requests are totals over all rounds. `BENCH_VERBOSE=1` also prints every round.
+//! failed requests are totals over all rounds, and so is the CPU time per request of the client
+//! (this process's threads) and of nginx (its master and worker), from `/proc` (Linux).
+//! `BENCH_VERBOSE=1` also prints every round.
 //!
 //! `cargo bench --bench rotation`: 61 rounds of 10,000 requests per case with 64 in flight
 //! and 2,000 sequential, about 75 s. (A connection to the server without rotation must
@@ -424,6 +426,34 @@ struct CaseFigures {
     /// Connections made during the rounds, and requests sent again (ours).
     connections: u64,
     replayed: u64,
+    /// CPU time used during the rounds: by this process (the client), by nginx.
+    client_cpu: Duration,
+    nginx_cpu: Duration,
+}
+
+impl CaseFigures {
+    /// `cpu` over every request of the rounds, in µs.
+    fn cpu_per_request(&self, cpu: &Duration) -> f64 {
+        cpu.as_secs_f64() * 1e6 / (self.ok + self.failed).max(1) as f64
+    }
+}
+
+/// The CPU time this process's threads have used so far (Linux: the sum of their
+/// `/proc/self/task/<tid>/schedstat` run times); zero where that cannot be read.
+fn client_cpu() -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    let nanos = tasks
+        .flatten()
+        .filter_map(|task| {
+            nginx::run_time(&format!(
+                "/proc/self/task/{}/schedstat",
+                task.file_name().to_string_lossy()
+            ))
+        })
+        .sum();
+    Duration::from_nanos(nanos)
 }
 
 /// Runs `requests` requests of `load` through `target`; returns (elapsed, ok, failures).
@@ -544,8 +574,12 @@ async fn bench(plan: Plan, test: bool) -> Result<(), String> {
             let target = &targets[&case];
             let requests = case.load.requests(plan);
             let (connections, replayed) = (target.connections(), target.replayed());
+            let nginx = if case.rotating { &rotating } else { &steady };
+            let cpu = (client_cpu(), nginx.cpu_time().unwrap_or_default());
             let (elapsed, ok, errors) = run_load(target, case.load, requests).await;
             let entry = figures.entry(case).or_default();
+            entry.client_cpu += client_cpu().saturating_sub(cpu.0);
+            entry.nginx_cpu += nginx.cpu_time().unwrap_or_default().saturating_sub(cpu.1);
             // Successful requests/s: a failed request (often fast) is no throughput.
             entry.rates.push(ok as f64 / elapsed.as_secs_f64());
             entry.ok += ok;
@@ -594,9 +628,10 @@ fn print_report(plan: Plan, figures: &BTreeMap<Case, CaseFigures>, elapsed: Dura
     println!(
         "| load | client | req/s no rotation, median (min-max) | req/s rotation, median \
          (min-max) | rotation / no rotation, median of rounds (min-max) | failed, no rotation \
-         | failed, rotation | connections made, no rotation / rotation |"
+         | failed, rotation | connections made, no rotation / rotation | client CPU µs per \
+         request, no rotation / rotation | nginx CPU µs per request, no rotation / rotation |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for load in [Load::InFlight, Load::Sequential] {
         for client in ClientKind::ALL {
             let get = |rotating| {
@@ -618,7 +653,7 @@ fn print_report(plan: Plan, figures: &BTreeMap<Case, CaseFigures>, elapsed: Dura
             let (q_lo, q_hi) = min_max(&ratios);
             println!(
                 "| {} | {} | {:.0} ({:.0}-{:.0}) | {:.0} ({:.0}-{:.0}) | {:.3}x ({:.3}-{:.3}) | \
-                 {} of {} | {} of {} | {} / {} |",
+                 {} of {} | {} of {} | {} / {} | {:.2} / {:.2} | {:.2} / {:.2} |",
                 load.name(),
                 client.name(),
                 median(&steady.rates),
@@ -636,6 +671,10 @@ fn print_report(plan: Plan, figures: &BTreeMap<Case, CaseFigures>, elapsed: Dura
                 rot.ok + rot.failed,
                 steady.connections,
                 rot.connections,
+                steady.cpu_per_request(&steady.client_cpu),
+                rot.cpu_per_request(&rot.client_cpu),
+                steady.cpu_per_request(&steady.nginx_cpu),
+                rot.cpu_per_request(&rot.nginx_cpu),
             );
         }
     }

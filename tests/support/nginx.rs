@@ -181,6 +181,28 @@ impl Nginx {
         &self.dir
     }
 
+    /// The CPU time nginx's master and workers have used so far (Linux: the run time in
+    /// `/proc/<pid>/schedstat`, in nanoseconds); `None` where it cannot be read.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let master = self.master.as_ref()?.id();
+        let mut total = 0;
+        for entry in fs::read_dir("/proc").ok()?.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            // The parent's pid is the second field after the command name (in parentheses).
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if pid == master || parent == Some(master) {
+                // A worker may have exited since the listing: it counts for nothing.
+                total += run_time(&format!("/proc/{pid}/schedstat")).unwrap_or(0);
+            }
+        }
+        Some(Duration::from_nanos(total))
+    }
+
     /// Tells nginx to reload its configuration (`nginx -s reload`, `SIGHUP` to the master):
     /// new workers start, the old ones finish gracefully.
     ///
@@ -364,4 +386,14 @@ impl Drop for Nginx {
         self.stop_blocking();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The first field of a `schedstat` file: nanoseconds spent running.
+pub fn run_time(schedstat: &str) -> Option<u64> {
+    fs::read_to_string(schedstat)
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
