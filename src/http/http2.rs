@@ -33,10 +33,7 @@ use super::{
     keep_alive::KeepAliveInterval,
     origin_for,
     replay::{ReplayBody, TakenMark},
-    resend::{
-        self, Failure, Kept, Lineage, Newest, ReplayConfig, Resend, h2_refusal, mark_untaken,
-        or_recover, unless_stranded,
-    },
+    resend::{self, Failure, Kept, Lineage, Newest, ReplayConfig, Resend, h2_refusal, or_recover},
     sniff::{self, FrameWatch, Sniff, Status},
     tls::Tls,
 };
@@ -720,7 +717,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         self.shared.pinged.ask();
-        let (mut request, kept) = Kept::prepare(request, &self.shared.lineage.config, true);
+        let (request, kept) = Kept::prepare(request, &self.shared.lineage.config, true);
         let retire = match self.shared.admit() {
             Admit::Send => false,
             Admit::SendAndRetire => true,
@@ -731,40 +728,32 @@ where
                 return Box::pin(or_recover(kept_back, kept, self.shared.clone()));
             }
         };
-        self.shared.origin.apply(&mut request);
-        let mark = request.body_mut().mark_taken();
-        let sent = self.send.try_send_request(request);
+        let sending = send_on(&mut self.send, self.shared.clone(), request);
         if retire {
             self.shared.retire();
         }
         Box::pin(Responding {
-            sent: Some(sent),
-            mark,
-            ended: None,
-            watch_end: true,
+            sending,
             kept: Some(kept),
-            shared: Some(self.shared.clone()),
             recovering: None,
         })
     }
 }
 
-/// A boxed future of a response, or of the error a call ends with.
 /// Dials the next connection ahead of the server's request limit (called once).
 type DialAhead = Box<dyn FnOnce() + Send>;
 
+/// A boxed future of a response, or of the error a call ends with.
 type Answer = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
 
 pin_project! {
-    /// The response to a request sent on a connection: hyper's response future, and what the
-    /// request needs should it fail. One flat future, as small as can be, for the common case
-    /// of an answer: what a failure needs ([`resend::recover`]) is boxed, and made only after
-    /// one. It does what `unless_stranded(send_on(..))` inside `or_recover` does: while
-    /// hyper's future is pending it also watches the end of the connection task, and a request
-    /// still untaken then (see [`ReplayBody::mark_taken`]) fails as never written; any
-    /// failure that proves the server did not process the request goes to `recover`.
-    struct Responding<F, B> {
-        // hyper's response future; `None` once done with it (answered, or stranded).
+    /// A request handed to hyper on one connection, until its answer: hyper's response future,
+    /// watched, while hyper has not taken the request, for the end of the connection task (a
+    /// request still untaken then never will be: see [`ReplayBody::mark_taken`]). A failure
+    /// says whether the server provably did not process the request. A call's first send and
+    /// every resend on an HTTP/2 connection go through it.
+    struct Sending<F, B> {
+        // hyper's response future; `None` once done with it (answered, failed, or stranded).
         #[pin]
         sent: Option<F>,
         mark: TakenMark,
@@ -774,8 +763,95 @@ pin_project! {
         // Whether the end of the connection task still matters (it does until it has come
         // with the request taken).
         watch_end: bool,
+        shared: Arc<Shared<B>>,
+    }
+}
+
+/// Sends `request` (with the origin of `shared` filled in) through `send`, a sender of the
+/// connection of `shared`.
+fn send_on<B>(
+    send: &mut http2::SendRequest<ReplayBody<B>>,
+    shared: Arc<Shared<B>>,
+    mut request: Request<ReplayBody<B>>,
+) -> Sending<impl Future<Output = SentResult<B>> + Send + use<B>, B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    shared.origin.apply(&mut request);
+    let mark = request.body_mut().mark_taken();
+    Sending {
+        sent: Some(send.try_send_request(request)),
+        mark,
+        ended: None,
+        watch_end: true,
+        shared,
+    }
+}
+
+/// What hyper's response future of a request on `ReplayBody<B>` resolves to.
+type SentResult<B> = Result<Response<Incoming>, TrySendError<Request<ReplayBody<B>>>>;
+
+impl<F, B> Future for Sending<F, B>
+where
+    F: Future<Output = SentResult<B>>,
+{
+    type Output = Result<Response<Incoming>, Failure<B>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let Some(sent) = this.sent.as_mut().as_pin_mut() else {
+            // Polled after completion: hyper's future would panic as well.
+            panic!("the response future was polled after it completed");
+        };
+        let outcome = match sent.poll(cx) {
+            Poll::Ready(Ok(response)) => Ok(response),
+            Poll::Ready(Err(error)) => Err(Failure::from_hyper(error, h2_refusal)),
+            Poll::Pending => {
+                if !*this.watch_end {
+                    return Poll::Pending;
+                }
+                if this.ended.is_none() {
+                    this.ended
+                        .set(Some(this.shared.end.clone().notified_owned()));
+                }
+                let woken = this
+                    .ended
+                    .as_mut()
+                    .as_pin_mut()
+                    .is_some_and(|ended| ended.poll(cx).is_ready());
+                // Registered first, then the flag: an end after the registration wakes this
+                // future; one before it has set the flag.
+                if !woken && !this.shared.ended.load(Ordering::Acquire) {
+                    return Poll::Pending;
+                }
+                this.ended.set(None);
+                // The task has dropped its queue: a request taken goes on (its stream lives
+                // in h2's task); one not taken never will be.
+                if !this.mark.is_untaken() {
+                    *this.watch_end = false;
+                    return Poll::Pending;
+                }
+                Err(Failure::stranded())
+            }
+        };
+        this.sent.set(None);
+        this.ended.set(None);
+        Poll::Ready(outcome)
+    }
+}
+
+pin_project! {
+    /// The response to a call: its request [`Sending`] on the connection, and what it needs
+    /// should that fail. One flat future, as small as can be, for the common case of an
+    /// answer: what a failure needs ([`resend::recover`]: the request sent again on the next
+    /// connection, while the failure proves the server did not process it) is boxed, and
+    /// made only after one.
+    struct Responding<F, B> {
+        #[pin]
+        sending: Sending<F, B>,
         kept: Option<Kept<B>>,
-        shared: Option<Arc<Shared<B>>>,
         // After a failure: the recovery.
         recovering: Option<Answer>,
     }
@@ -783,7 +859,7 @@ pin_project! {
 
 impl<F, B> Future for Responding<F, B>
 where
-    F: Future<Output = Result<Response<Incoming>, TrySendError<Request<ReplayBody<B>>>>>,
+    F: Future<Output = SentResult<B>>,
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
@@ -795,52 +871,19 @@ where
         if let Some(recovering) = this.recovering {
             return recovering.as_mut().poll(cx);
         }
-        let Some(sent) = this.sent.as_mut().as_pin_mut() else {
-            // Polled after completion: hyper's future would panic as well.
-            panic!("the response future was polled after it completed");
-        };
-        let failure = match sent.poll(cx) {
+        let failure = match this.sending.as_mut().poll(cx) {
+            Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(response)) => {
-                this.sent.set(None);
-                this.ended.set(None);
                 // The call is over: nothing will be sent again.
                 *this.kept = None;
-                *this.shared = None;
                 return Poll::Ready(Ok(response));
             }
-            Poll::Ready(Err(error)) => Failure::from_hyper(error, h2_refusal),
-            Poll::Pending => {
-                if !*this.watch_end {
-                    return Poll::Pending;
-                }
-                let shared = this.shared.as_ref().expect("kept until the answer");
-                if this.ended.is_none() {
-                    this.ended.set(Some(shared.end.clone().notified_owned()));
-                }
-                let woken = this
-                    .ended
-                    .as_mut()
-                    .as_pin_mut()
-                    .is_some_and(|ended| ended.poll(cx).is_ready());
-                // Registered first, then the flag: an end after the registration wakes this
-                // future; one before it has set the flag.
-                if !woken && !shared.ended.load(Ordering::Acquire) {
-                    return Poll::Pending;
-                }
-                this.ended.set(None);
-                // The task has dropped its queue: a request taken goes on (its stream lives
-                // in h2's task); one not taken never will be.
-                if !this.mark.is_untaken() {
-                    *this.watch_end = false;
-                    return Poll::Pending;
-                }
-                Failure::stranded()
-            }
+            Poll::Ready(Err(failure)) => failure,
         };
-        this.sent.set(None);
-        let (Some(kept), Some(shared)) = (this.kept.take(), this.shared.take()) else {
+        let Some(kept) = this.kept.take() else {
             panic!("the response future was polled after it completed");
         };
+        let shared = this.sending.shared.clone();
         let mut recovering: Answer =
             Box::pin(or_recover(std::future::ready(Err(failure)), kept, shared));
         let poll = recovering.as_mut().poll(cx);
@@ -856,32 +899,6 @@ enum Admit {
     SendAndRetire,
     /// Past the limit.
     KeepBack,
-}
-
-/// Sends `request` (with the origin of `shared` filled in) through `send`, a sender of the
-/// connection of `shared`; a failure says whether the server provably did not process it.
-fn send_on<B>(
-    send: &mut http2::SendRequest<ReplayBody<B>>,
-    shared: &Shared<B>,
-    mut request: Request<ReplayBody<B>>,
-) -> impl Future<Output = Result<Response<Incoming>, Failure<B>>> + Send + use<B>
-where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    shared.origin.apply(&mut request);
-    let mark = mark_untaken(&mut request);
-    let sent = send.try_send_request(request);
-    let mut status = shared.status.clone();
-    let sent = async move {
-        sent.await
-            .map_err(|error| Failure::from_hyper(error, h2_refusal))
-    };
-    let ended = async move {
-        let _ = status.wait_for(|status| status.ended.is_some()).await;
-    };
-    unless_stranded(sent, mark, ended)
 }
 
 impl<B> Shared<B> {
@@ -981,11 +998,11 @@ where
                 return Err(Failure::handed_back(error.into(), request));
             }
             match self.admit() {
-                Admit::Send => send_on(&mut send, &self, request).await,
+                Admit::Send => send_on(&mut send, self, request).await,
                 Admit::SendAndRetire => {
-                    let sent = send_on(&mut send, &self, request);
+                    let sending = send_on(&mut send, self.clone(), request);
                     self.retire();
-                    sent.await
+                    sending.await
                 }
                 Admit::KeepBack => Err(Failure::retired(request)),
             }

@@ -151,8 +151,9 @@ impl<B> ReplayBody<B> {
     /// `size_hint`). hyper's HTTP/2 dispatcher asks a request's body for its size and its end
     /// as soon as it takes the request from its queue, before it opens the stream (it must
     /// know whether the `HEADERS` end the stream); so an unset mark proves that the request
-    /// was never taken, let alone written. (`resend::mark_untaken` proves the same with the
-    /// request's extensions, at the cost of an extensions map.)
+    /// was never taken, let alone written. The HTTP/2 connector marks every request it sends
+    /// so, first sends and resends alike. (`resend::mark_untaken` proves the same with the
+    /// request's extensions, at the cost of an extensions map: the HTTP/1 connector's mark.)
     pub(crate) fn mark_taken(&mut self) -> TakenMark {
         let taken = Arc::new(AtomicBool::new(false));
         self.taken = Some(taken.clone());

@@ -375,6 +375,11 @@ impl<B> Failure<B> {
 /// task drops a request's extensions when it takes the request to write it (h2 clears them
 /// as it opens the stream; hyper's HTTP/1 dispatcher drops them with the encoded head), so
 /// while the mark lives, the request has not been taken.
+///
+/// The HTTP/1 connector uses it (its dispatcher may not look at the body before it takes the
+/// request). The HTTP/2 connector marks the body instead ([`ReplayBody::mark_taken`],
+/// cheaper), and watches for a stranded request in its flat response future
+/// (`http2::Sending`), which does what [`unless_stranded`] does.
 #[derive(Clone)]
 struct Untaken(#[allow(dead_code)] Arc<()>);
 
