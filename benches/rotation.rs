@@ -53,7 +53,7 @@
 mod chain;
 #[path = "../tests/support/nginx.rs"]
 mod nginx;
-use chain::chain;
+use chain::answered_ok;
 
 use std::{
     collections::BTreeMap,
@@ -67,8 +67,8 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty};
+use http::{Request, Uri};
+use http_body_util::Empty;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
@@ -329,7 +329,7 @@ impl Target {
 
     /// `GET /`, the whole body read, bounded by [`REQUEST_BOUND`]; `Ok` only for `200 ok`.
     async fn get(&mut self) -> Result<(), String> {
-        let exchange = async {
+        let response = async {
             let response = match self {
                 Self::Ours(svc) => {
                     let request = Request::get("/").body(Empty::new()).unwrap();
@@ -351,16 +351,9 @@ impl Target {
                     send.send_request(request).await?
                 }
             };
-            let status = response.status();
-            let body = response.into_body().collect().await?.to_bytes();
-            Ok::<_, BoxError>((status, body))
+            Ok::<_, BoxError>(response)
         };
-        match tokio::time::timeout(REQUEST_BOUND, exchange).await {
-            Err(_) => Err(format!("no response within {REQUEST_BOUND:?}")),
-            Ok(Err(error)) => Err(chain(&*error)),
-            Ok(Ok((StatusCode::OK, body))) if body.as_ref() == b"ok" => Ok(()),
-            Ok(Ok((status, body))) => Err(format!("{status} {:?}", String::from_utf8_lossy(&body))),
-        }
+        answered_ok(REQUEST_BOUND, response).await
     }
 }
 

@@ -23,7 +23,7 @@
 mod chain;
 #[path = "support/nginx.rs"]
 mod nginx;
-use chain::chain;
+use chain::{answered_ok, chain};
 
 use std::{
     collections::BTreeMap,
@@ -76,18 +76,10 @@ where
     S: Service<Request<Body>, Response = Response<Incoming>, Error = BoxError>,
 {
     let request = Request::get("/").body(Empty::new()).unwrap();
-    let exchange = async {
-        let response = svc.ready().await?.call(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok::<_, BoxError>((status, body))
-    };
-    match tokio::time::timeout(REQUEST_BOUND, exchange).await {
-        Err(_) => Err(format!("no response within {REQUEST_BOUND:?}")),
-        Ok(Err(error)) => Err(chain(&*error)),
-        Ok(Ok((StatusCode::OK, body))) if body.as_ref() == b"ok" => Ok(()),
-        Ok(Ok((status, body))) => Err(format!("{status} {:?}", String::from_utf8_lossy(&body))),
-    }
+    answered_ok(REQUEST_BOUND, async {
+        svc.ready().await?.call(request).await
+    })
+    .await
 }
 
 // === what a run measures ===
