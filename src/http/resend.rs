@@ -826,6 +826,17 @@ mod tests {
 
     /// A server on 127.0.0.1 that reports each request it receives and answers it when the
     /// test says so.
+    /// Waits (at most 30 s) until the [`holding_server`] has received a request; returns what
+    /// answers it.
+    async fn next_arrival(
+        arrivals: &mut mpsc::Receiver<oneshot::Sender<()>>,
+    ) -> oneshot::Sender<()> {
+        tokio::time::timeout(Duration::from_secs(30), arrivals.recv())
+            .await
+            .expect("the server received the request")
+            .expect("the server is running")
+    }
+
     async fn holding_server(
         http2: bool,
     ) -> (std::net::SocketAddr, mpsc::Receiver<oneshot::Sender<()>>) {
@@ -886,10 +897,7 @@ mod tests {
             );
             tokio::spawn(connection);
             let response = tokio::spawn(response);
-            let answer = tokio::time::timeout(Duration::from_secs(30), arrivals.recv())
-                .await
-                .expect("the server received the request")
-                .unwrap();
+            let answer = next_arrival(&mut arrivals).await;
             assert!(
                 !mark.is_untaken(),
                 "body {body:?}: the server has the request but its mark says untaken"
@@ -921,10 +929,7 @@ mod tests {
                 tokio::spawn(connection);
                 tokio::spawn(send.send_request(request))
             };
-            let answer = tokio::time::timeout(Duration::from_secs(30), arrivals.recv())
-                .await
-                .expect("the server received the request")
-                .unwrap();
+            let answer = next_arrival(&mut arrivals).await;
             assert!(
                 !mark.is_untaken(),
                 "http2 {http2}: the server has the request but its mark lives"
