@@ -160,10 +160,13 @@ impl<B> ReplayBody<B> {
         TakenMark(taken)
     }
 
-    /// hyper looks at this copy.
+    /// hyper looks at this copy. Set once: a load first, so that the polls after the first
+    /// do not write the flag's cache line again.
     fn note_taken(&self) {
         if let Some(taken) = &self.taken {
-            taken.store(true, Ordering::Release);
+            if !taken.load(Ordering::Relaxed) {
+                taken.store(true, Ordering::Release);
+            }
         }
     }
 
