@@ -35,6 +35,9 @@
 //! client alone (`raw_h2`, `ours_h2`, `channel`, `ours_grpc`, `balance_channel`,
 //! `ours_balanced`; mode `seq` or `c64`), for a profiler.
 
+#[path = "support/figures.rs"]
+mod figures;
+use figures::{median, min_max};
 use std::{
     convert::Infallible,
     future::Future,
@@ -467,23 +470,6 @@ impl Group {
         }
         cells[1].ratios.push(rates[1] / rates[0]);
     }
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 1 {
-        sorted[mid]
-    } else {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    }
-}
-
-fn min_max(values: &[f64]) -> (f64, f64) {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    (min, max)
 }
 
 /// `12345.6` as `12 346`.

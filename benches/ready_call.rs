@@ -29,6 +29,9 @@
 //! `cargo bench --bench ready_call -- --quick` for a short run;
 //! `cargo bench --bench ready_call -- --test` only checks that each case runs.
 
+#[path = "support/figures.rs"]
+mod figures;
+use figures::median;
 use std::{
     convert::Infallible,
     future::poll_fn,
@@ -261,12 +264,6 @@ fn bench_contention(c: &mut Criterion, rt: &Runtime) {
 /// frequency) hits every case alike.
 const ROUNDS: usize = 21;
 
-/// The median of `values`.
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// Times per request (ns) of each case, one row per case, one column per round.
 struct Rounds(Vec<Vec<f64>>);
 
@@ -280,15 +277,15 @@ impl Rounds {
     }
 
     fn median(&self, case: usize) -> f64 {
-        median(self.0[case].clone())
+        median(&self.0[case])
     }
 
     /// The median over the rounds of `f` applied to each round's times.
     fn median_of(&self, f: impl Fn(&dyn Fn(usize) -> f64) -> f64) -> f64 {
         median(
-            (0..ROUNDS)
+            &(0..ROUNDS)
                 .map(|round| f(&|case| self.0[case][round]))
-                .collect(),
+                .collect::<Vec<_>>(),
         )
     }
 }

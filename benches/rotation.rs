@@ -49,6 +49,9 @@
 //! Without an nginx binary the bench prints one line naming the Debian package `nginx` and
 //! exits successfully, unless `REQUIRE_REAL_SERVERS=1` (then it fails).
 
+#[path = "support/figures.rs"]
+mod figures;
+use figures::{median, min_max};
 #[path = "../tests/support/chain.rs"]
 mod chain;
 #[path = "../tests/support/nginx.rs"]
@@ -484,26 +487,6 @@ async fn run_load(
     let elapsed = start.elapsed();
     let errors = std::mem::take(&mut *errors.lock().unwrap());
     (elapsed, ok.load(Ordering::Relaxed), errors)
-}
-
-/// The median of `values` (the mean of the middle two for an even count).
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    }
-}
-
-fn min_max(values: &[f64]) -> (f64, f64) {
-    values
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        })
 }
 
 async fn bench(plan: Plan, test: bool) -> Result<(), String> {

@@ -41,6 +41,9 @@
 //!   that every connection is up and still up after the idle period, answers a request, and
 //!   that an idle client has (almost) no wake-ups.
 
+#[path = "support/figures.rs"]
+mod figures;
+use figures::median;
 use std::{
     convert::Infallible,
     io::{BufRead, BufReader, Read as _, Write as _},
@@ -533,16 +536,6 @@ fn run(case: &str, n: usize, idle: Duration) -> Measured {
         .unwrap_or_else(|| panic!("{case}: no result in {output:?}"))
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
 fn coordinate(test: bool) {
     let (n, idle, rounds) = if test {
         (200, Duration::from_secs(1), 1)
@@ -580,8 +573,8 @@ fn coordinate(test: bool) {
 
 fn report(n: usize, idle: Duration, rounds: usize, results: &[Vec<Measured>]) {
     let med = |case: usize, f: &dyn Fn(&Measured) -> f64| {
-        let mut values: Vec<f64> = results[case].iter().map(f).collect();
-        median(&mut values)
+        let values: Vec<f64> = results[case].iter().map(f).collect();
+        median(&values)
     };
     let per = |v: f64| v / n as f64;
     println!(
@@ -595,20 +588,20 @@ fn report(n: usize, idle: Duration, rounds: usize, results: &[Vec<Measured>]) {
     for (index, case) in CASES.iter().enumerate() {
         // Ratios and excesses per round (against that round's raw run), then the median.
         let ratio = |f: &dyn Fn(&Measured) -> f64| {
-            let mut values: Vec<f64> = results[index]
+            let values: Vec<f64> = results[index]
                 .iter()
                 .zip(&results[0])
                 .map(|(m, raw)| f(m) / f(raw))
                 .collect();
-            median(&mut values)
+            median(&values)
         };
         let excess = |f: &dyn Fn(&Measured) -> f64| {
-            let mut values: Vec<f64> = results[index]
+            let values: Vec<f64> = results[index]
                 .iter()
                 .zip(&results[0])
                 .map(|(m, raw)| per(f(m) - f(raw)))
                 .collect();
-            median(&mut values)
+            median(&values)
         };
         println!(
             "| {case} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} |",
