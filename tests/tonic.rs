@@ -427,6 +427,7 @@ async fn an_origin_on_the_connector_overrides_the_authority() {
 /// others), without the client doing anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generated_client_runs_over_the_balanced_client_of_a_catalogs_replicas() {
+    use futures_util::StreamExt;
     use persistent_connection::{discovery::LocalCatalog, replicas::Replicas};
 
     let servers: Vec<Server> = (0..3).map(|_| Server::start(bind())).collect();
@@ -459,9 +460,21 @@ async fn a_generated_client_runs_over_the_balanced_client_of_a_catalogs_replicas
         assert!(server.authorities().iter().all(|a| a == SERVICE));
     }
 
-    // Replica 0 dies between two calls: every later call succeeds.
+    // Replica 0 dies between two calls: once the client has read the close, every later call
+    // succeeds. (A call sent in the instant before may have been written to the dying
+    // connection; it fails with the connection's error, since nothing proves the server did
+    // not take it.)
     let mut servers = servers.into_iter();
     servers.next().unwrap().kill().await;
+    let dying = set.handle(&"replica-0".to_owned()).expect("still listed");
+    let mut states = dying.state_changes();
+    timeout(GUARD, async {
+        while dying.state() == persistent_connection::State::Connected {
+            states.next().await;
+        }
+    })
+    .await
+    .expect("the client read the close");
     let others: Vec<Server> = servers.collect();
     let before: usize = others.iter().map(|s| s.authorities().len()).sum();
     for n in 0..30 {
@@ -473,6 +486,5 @@ async fn a_generated_client_runs_over_the_balanced_client_of_a_catalogs_replicas
     }
     let after: usize = others.iter().map(|s| s.authorities().len()).sum();
     assert_eq!(after - before, 30, "the others took every call");
-    let down = set.handle(&"replica-0".to_owned()).expect("still listed");
-    assert_ne!(down.state(), persistent_connection::State::Connected);
+    assert_ne!(dying.state(), persistent_connection::State::Connected);
 }

@@ -2,12 +2,18 @@
 //! have none, the TLS settings, the connector's newest connection (where a refused request is
 //! sent again), and the resend settings with their counters.
 
-use std::{future::Future, sync::Arc};
+use std::{
+    future::{Future, poll_fn},
+    pin::pin,
+    sync::Arc,
+};
 
 use tokio::{net::TcpStream, sync::watch};
 
 use super::{
-    Dial, Origin, name_origin, origin_for,
+    Dial, Origin,
+    executor::Task,
+    name_origin, origin_for,
     resend::{self, Newest, ReplayConfig},
     sniff::Status,
     stream::Stream,
@@ -107,8 +113,14 @@ pub(super) async fn secure(
 /// `status`: `finish` sees hyper's result and the status, and returns the result to publish
 /// (a connector may take an error for a goodbye, or record what the end says). The last step
 /// of both connectors' pipeline: dial, observe the bytes read, handshake, spawn and watch.
+///
+/// `companion` (HTTP/2: h2's connection, which hyper would have spawned apart; see
+/// [`Executor`](super::Executor)) runs in the same task, polled after `connection` on every
+/// wake-up, until it ends too: requests hyper's dispatcher took in a poll are written in the
+/// same turn, and h2 reads no frame while the dispatcher runs.
 pub(super) fn spawn_watched<F>(
     connection: F,
+    companion: Option<Task>,
     status: Arc<watch::Sender<Status>>,
     finish: impl FnOnce(Result<(), hyper::Error>, &mut Status) -> Result<(), hyper::Error>
     + Send
@@ -117,11 +129,30 @@ pub(super) fn spawn_watched<F>(
     F: Future<Output = Result<(), hyper::Error>> + Send + 'static,
 {
     tokio::spawn(async move {
-        let result = connection.await;
+        let mut companion = companion;
+        // `connection` is dropped when it ends (h2's connection learns from it that the
+        // dispatcher is gone), before `companion` is run to its end.
+        let result = {
+            let mut connection = pin!(connection);
+            poll_fn(|cx| {
+                let result = connection.as_mut().poll(cx);
+                if companion
+                    .as_mut()
+                    .is_some_and(|companion| companion.as_mut().poll(cx).is_ready())
+                {
+                    companion = None;
+                }
+                result
+            })
+            .await
+        };
         status.send_modify(|status| {
             let result = finish(result, status);
             status.ended = Some(result.map_err(Arc::new));
         });
+        if let Some(companion) = companion {
+            companion.await;
+        }
     });
 }
 

@@ -6,7 +6,7 @@ use std::{
     future::{Future, poll_fn},
     io,
     marker::PhantomData,
-    pin::Pin,
+    pin::{Pin, pin},
     sync::{
         Arc, Mutex, PoisonError, Weak,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -30,6 +30,7 @@ use super::{
     ArcError, ConnectionUnavailable, Dial, Executor, Origin,
     ahead::Ahead,
     base::{Core, handshake_for, secure, spawn_watched},
+    executor,
     keep_alive::KeepAliveInterval,
     origin_for,
     replay::{ReplayBody, TakenMark},
@@ -458,14 +459,21 @@ where
                 _ => None,
             };
             let io = TokioIo::new(Sniff::new(stream, frames));
-            let (send, connection) = builder
-                .handshake::<_, ReplayBody<B>>(io)
-                .await
-                .map_err(|error| explain(NoPreface::because(error.into())))?;
+            // h2's connection future, which hyper spawns in the handshake's last poll, is kept
+            // to run in the connection's task (see `Executor`).
+            let mut driver = None;
+            let mut handshake = pin!(builder.handshake::<_, ReplayBody<B>>(io));
+            let (send, connection) = poll_fn(|cx| {
+                let (poll, task) = executor::capturing(handshake.as_mut(), cx);
+                driver = driver.take().or(task);
+                poll
+            })
+            .await
+            .map_err(|error| explain(NoPreface::because(error.into())))?;
             let forget = ahead.clone();
             let (ended, end) = (Arc::new(AtomicBool::new(false)), Arc::new(Notify::new()));
             let (task_ended, task_end) = (ended.clone(), end.clone());
-            spawn_watched(connection, status.clone(), move |result, status| {
+            spawn_watched(connection, driver, status.clone(), move |result, status| {
                 if status.retired && !status.goaway {
                     // Retired at the limit, and the server never said goodbye: no limit.
                     if let Some(ahead) = forget.as_ref().and_then(Weak::upgrade) {

@@ -70,10 +70,11 @@
 //! [`Handle::stats`](crate::Handle::stats), `replayed_requests` counts the resends and
 //! `refused_requests` the `NotProcessed` failures.
 //!
-//! One race is hyper's and cannot be told apart: if the server's `GOAWAY` arrives in the
-//! instant between hyper opening a stream and checking the connection again, hyper fails that
-//! stream with the `GOAWAY` error even though its `HEADERS` may have been written at or below
-//! the last stream id; the connector then sends it again.
+//! One race in hyper is closed by how the HTTP/2 connector runs a connection: hyper's
+//! dispatcher opens a stream, then checks the connection, and fails the request with the
+//! `GOAWAY` error if one came in between, though the stream's `HEADERS` may be written at or
+//! below the last stream id. The connector runs h2's connection in the dispatcher's task (see
+//! [`Executor`]), so no `GOAWAY` is read in between, and that error always proves a refusal.
 //!
 //! ```
 //! use std::net::SocketAddr;

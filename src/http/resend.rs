@@ -271,6 +271,12 @@ impl fmt::Display for Refusal {
 /// a `GOAWAY` (`NO_ERROR`) from the server, which h2 gives only to the streams above its last
 /// stream id and to streams not opened yet (a stream at or below it that dies later gets an
 /// I/O error, `BrokenPipe`), or a `REFUSED_STREAM` reset from the server.
+///
+/// One more source of that `GOAWAY` error would break the proof: hyper's dispatcher opens a
+/// stream, then checks the connection, and fails the request with the `GOAWAY` it finds there
+/// though the stream is open (its `HEADERS` queued). That takes h2 reading the `GOAWAY` between
+/// the two steps, so the HTTP/2 connector runs h2's connection in the dispatcher's task (see
+/// [`Executor`](super::Executor)), where it never reads during them.
 pub(crate) fn h2_refusal(error: &hyper::Error) -> Option<Refusal> {
     let h2 = chain(error).find_map(|error| error.downcast_ref::<h2::Error>())?;
     if !h2.is_remote() {
