@@ -7,6 +7,8 @@ use std::{
     task::{Context, Poll},
 };
 
+use futures_util::FutureExt;
+
 /// The executor of the tasks hyper spawns for an HTTP/2 connection (the connection itself,
 /// one task per request while its response is awaited, one per request body being sent): each
 /// future is boxed, then given to [`tokio::spawn`].
@@ -43,9 +45,8 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, future: F) {
-        let future = Box::pin(async move {
-            future.await;
-        });
+        // `map`, not an `async` block: one awaiting a captured future holds it twice.
+        let future = Box::pin(future.map(drop));
         if let Some(future) = offer(future) {
             tokio::spawn(future);
         }
