@@ -23,7 +23,7 @@ use support::{
     Body, Ev, Events, SOON, connected, disconnected, failed, get, get_ok, recorder, within,
 };
 use tokio::{sync::mpsc, time::Instant};
-use tower::{Layer, Service};
+use tower::Layer;
 
 type Conn = Http2Connection<Body>;
 type Svc = PersistentConnection<Conn>;
@@ -484,52 +484,4 @@ async fn dropping_every_service_clone_and_handle_closes_the_connection() {
     );
     events.wait_for(disconnected, SOON).await;
     assert_eq!(server.counts().accepted, 1);
-}
-
-/// An HTTP/2 connection is one task: h2's connection runs in the task of hyper's dispatcher
-/// (which hyper would spawn apart). Then h2 reads no `GOAWAY` while the dispatcher opens a
-/// stream and checks the connection after it, so hyper's `GOAWAY` error for a request proves
-/// the server never got it, and resending it is safe. In two tasks, one request in about a
-/// thousand was failed with that error after its stream was opened, and sent again though the
-/// server had processed it.
-#[test]
-fn an_http2_connection_runs_as_one_task() {
-    let servers = tokio::runtime::Runtime::new().unwrap();
-    let server = servers.block_on(H2Server::start("replica-1"));
-    let client = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (answer, alive, ended) = client.block_on(async {
-        let mut connector = Http2Connector::<Body>::new();
-        let mut connection = within(SOON, "connect", connector.call(server.addr()))
-            .await
-            .unwrap();
-        let answer = get_ok(&mut connection, "/one").await;
-        // The request's own task ends with its response head; let it go.
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-        let alive = tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks();
-        drop(connection);
-        let gone = async {
-            while tokio::runtime::Handle::current()
-                .metrics()
-                .num_alive_tasks()
-                > 0
-            {
-                tokio::task::yield_now().await;
-            }
-        };
-        let ended = tokio::time::timeout(SOON, gone).await.is_ok();
-        (answer, alive, ended)
-    });
-    assert_eq!(answer, format!("replica-1 http://{}/one", server.addr()));
-    assert_eq!(alive, 1, "tasks of one idle HTTP/2 connection");
-    assert!(
-        ended,
-        "the connection's task ends when the connection is dropped"
-    );
 }

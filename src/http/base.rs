@@ -12,7 +12,7 @@ use tokio::{net::TcpStream, sync::watch};
 
 use super::{
     Dial, Origin,
-    executor::Task,
+    gate::GoAwayGate,
     name_origin, origin_for,
     resend::{self, Newest, ReplayConfig},
     sniff::Status,
@@ -114,13 +114,10 @@ pub(super) async fn secure(
 /// (a connector may take an error for a goodbye, or record what the end says). The last step
 /// of both connectors' pipeline: dial, observe the bytes read, handshake, spawn and watch.
 ///
-/// `companion` (HTTP/2: h2's connection, which hyper would have spawned apart; see
-/// [`Executor`](super::Executor)) runs in the same task, polled after `connection` on every
-/// wake-up, until it ends too: requests hyper's dispatcher took in a poll are written in the
-/// same turn, and h2 reads no frame while the dispatcher runs.
+/// HTTP/2: `connection` is hyper's dispatcher, polled through `gate` (see [`GoAwayGate`]).
 pub(super) fn spawn_watched<F>(
     connection: F,
-    companion: Option<Task>,
+    gate: Option<Arc<GoAwayGate>>,
     status: Arc<watch::Sender<Status>>,
     finish: impl FnOnce(Result<(), hyper::Error>, &mut Status) -> Result<(), hyper::Error>
     + Send
@@ -129,30 +126,17 @@ pub(super) fn spawn_watched<F>(
     F: Future<Output = Result<(), hyper::Error>> + Send + 'static,
 {
     tokio::spawn(async move {
-        let mut companion = companion;
-        // `connection` is dropped when it ends (h2's connection learns from it that the
-        // dispatcher is gone), before `companion` is run to its end.
-        let result = {
-            let mut connection = pin!(connection);
-            poll_fn(|cx| {
-                let result = connection.as_mut().poll(cx);
-                if companion
-                    .as_mut()
-                    .is_some_and(|companion| companion.as_mut().poll(cx).is_ready())
-                {
-                    companion = None;
-                }
-                result
-            })
-            .await
+        let result = match gate {
+            None => connection.await,
+            Some(gate) => {
+                let mut connection = pin!(connection);
+                poll_fn(|cx| gate.dispatch(cx, |cx| connection.as_mut().poll(cx))).await
+            }
         };
         status.send_modify(|status| {
             let result = finish(result, status);
             status.ended = Some(result.map_err(Arc::new));
         });
-        if let Some(companion) = companion {
-            companion.await;
-        }
     });
 }
 

@@ -6,7 +6,7 @@ use std::{
     future::{Future, poll_fn},
     io,
     marker::PhantomData,
-    pin::{Pin, pin},
+    pin::Pin,
     sync::{
         Arc, Mutex, PoisonError, Weak,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -30,7 +30,7 @@ use super::{
     ArcError, ConnectionUnavailable, Dial, Executor, Origin,
     ahead::Ahead,
     base::{Core, handshake_for, secure, spawn_watched},
-    executor,
+    gate::GoAwayGate,
     keep_alive::KeepAliveInterval,
     origin_for,
     replay::{ReplayBody, TakenMark},
@@ -428,7 +428,9 @@ where
                 while_idle: self.idle_pings,
             };
             let could_ping = pinged.clone();
-            let frames = FrameWatch::new(status.clone()).on_goaway(Arc::new(move |goaway| {
+            let gate = Arc::new(GoAwayGate::default());
+            let frames = FrameWatch::new(status.clone()).gate(gate.clone());
+            let frames = frames.on_goaway(Arc::new(move |goaway| {
                 // A complaint of pings the connection never sent is no reason to slow down.
                 if could_ping.could_have_pinged() {
                     keep_alive.on_goaway(interval, goaway);
@@ -459,31 +461,29 @@ where
                 _ => None,
             };
             let io = TokioIo::new(Sniff::new(stream, frames));
-            // h2's connection future, which hyper spawns in the handshake's last poll, is kept
-            // to run in the connection's task (see `Executor`).
-            let mut driver = None;
-            let mut handshake = pin!(builder.handshake::<_, ReplayBody<B>>(io));
-            let (send, connection) = poll_fn(|cx| {
-                let (poll, task) = executor::capturing(handshake.as_mut(), cx);
-                driver = driver.take().or(task);
-                poll
-            })
-            .await
-            .map_err(|error| explain(NoPreface::because(error.into())))?;
+            let (send, connection) = builder
+                .handshake::<_, ReplayBody<B>>(io)
+                .await
+                .map_err(|error| explain(NoPreface::because(error.into())))?;
             let forget = ahead.clone();
             let (ended, end) = (Arc::new(AtomicBool::new(false)), Arc::new(Notify::new()));
             let (task_ended, task_end) = (ended.clone(), end.clone());
-            spawn_watched(connection, driver, status.clone(), move |result, status| {
-                if status.retired && !status.goaway {
-                    // Retired at the limit, and the server never said goodbye: no limit.
-                    if let Some(ahead) = forget.as_ref().and_then(Weak::upgrade) {
-                        ahead.forget();
+            spawn_watched(
+                connection,
+                Some(gate),
+                status.clone(),
+                move |result, status| {
+                    if status.retired && !status.goaway {
+                        // Retired at the limit, and the server never said goodbye: no limit.
+                        if let Some(ahead) = forget.as_ref().and_then(Weak::upgrade) {
+                            ahead.forget();
+                        }
                     }
-                }
-                task_ended.store(true, Ordering::Release);
-                task_end.notify_waiters();
-                result
-            });
+                    task_ended.store(true, Ordering::Release);
+                    task_end.notify_waiters();
+                    result
+                },
+            );
 
             // hyper's handshake returns before the server has said anything: wait for its
             // preface, so a server that accepts and closes at once is no connection.

@@ -70,11 +70,11 @@
 //! [`Handle::stats`](crate::Handle::stats), `replayed_requests` counts the resends and
 //! `refused_requests` the `NotProcessed` failures.
 //!
-//! One race in hyper is closed by how the HTTP/2 connector runs a connection: hyper's
-//! dispatcher opens a stream, then checks the connection, and fails the request with the
-//! `GOAWAY` error if one came in between, though the stream's `HEADERS` may be written at or
-//! below the last stream id. The connector runs h2's connection in the dispatcher's task (see
-//! [`Executor`]), so no `GOAWAY` is read in between, and that error always proves a refusal.
+//! One race in hyper is closed by the HTTP/2 connector: hyper's dispatcher opens a stream,
+//! then checks the connection, and fails the request with the `GOAWAY` error if one came in
+//! between, though the stream's `HEADERS` may be written at or below the last stream id. The
+//! connector holds a `GOAWAY` back from h2 while the dispatcher runs, and the dispatcher while
+//! h2 takes a `GOAWAY` in, so that error always proves a refusal.
 //!
 //! ```
 //! use std::net::SocketAddr;
@@ -125,6 +125,7 @@ mod ahead;
 mod base;
 mod dial;
 mod executor;
+mod gate;
 mod http1;
 mod http2;
 mod keep_alive;

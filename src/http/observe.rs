@@ -15,6 +15,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub(crate) trait ReadObserver {
     /// Called with each chunk read, in order.
     fn observe(&mut self, bytes: &[u8]);
+
+    /// Called at the start of each read: the reader has taken in what came before.
+    fn before_read(&mut self) {}
 }
 
 pin_project! {
@@ -39,6 +42,7 @@ impl<T: AsyncRead, O: ReadObserver> AsyncRead for Observed<T, O> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
+        this.observer.before_read();
         let before = buf.filled().len();
         let result = this.io.poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = result {

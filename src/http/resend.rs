@@ -275,8 +275,8 @@ impl fmt::Display for Refusal {
 /// One more source of that `GOAWAY` error would break the proof: hyper's dispatcher opens a
 /// stream, then checks the connection, and fails the request with the `GOAWAY` it finds there
 /// though the stream is open (its `HEADERS` queued). That takes h2 reading the `GOAWAY` between
-/// the two steps, so the HTTP/2 connector runs h2's connection in the dispatcher's task (see
-/// [`Executor`](super::Executor)), where it never reads during them.
+/// the two steps, which the HTTP/2 connector's [`GoAwayGate`](super::gate::GoAwayGate)
+/// excludes.
 pub(crate) fn h2_refusal(error: &hyper::Error) -> Option<Refusal> {
     let h2 = chain(error).find_map(|error| error.downcast_ref::<h2::Error>())?;
     if !h2.is_remote() {

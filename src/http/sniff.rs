@@ -22,7 +22,10 @@ use std::{
 
 use tokio::sync::watch;
 
-use super::observe::{Observed, ReadObserver};
+use super::{
+    gate::GoAwayGate,
+    observe::{Observed, ReadObserver},
+};
 
 /// What the server has sent so far, and how the connection ended.
 #[derive(Clone, Debug, Default)]
@@ -150,6 +153,9 @@ pub(crate) struct FrameWatch {
     status: Arc<watch::Sender<Status>>,
     frames: Frames,
     on_goaway: Option<OnGoAway>,
+    gate: Option<Arc<GoAwayGate>>,
+    /// The gate is closed for a `GOAWAY` handed to the reader.
+    holding: bool,
 }
 
 impl FrameWatch {
@@ -158,7 +164,15 @@ impl FrameWatch {
             status,
             frames: Frames::default(),
             on_goaway: None,
+            gate: None,
+            holding: false,
         }
+    }
+
+    /// Closes `gate` while each `GOAWAY` is handed to the reader (h2), until its next read.
+    pub(crate) fn gate(mut self, gate: Arc<GoAwayGate>) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// Calls `hook` with each `GOAWAY`, before it is published in the status (so whoever
@@ -173,6 +187,30 @@ impl ReadObserver for FrameWatch {
     fn observe(&mut self, bytes: &[u8]) {
         self.frames
             .observe(bytes, &self.status, self.on_goaway.as_ref());
+        if std::mem::take(&mut self.frames.goaway_started) {
+            if let Some(gate) = &self.gate {
+                gate.deliver();
+                self.holding = true;
+            }
+        }
+    }
+
+    fn before_read(&mut self) {
+        // h2 reads again only once it has handled every whole frame it holds.
+        if self.holding && !self.frames.in_goaway {
+            self.holding = false;
+            if let Some(gate) = &self.gate {
+                gate.delivered();
+            }
+        }
+    }
+}
+
+impl Drop for FrameWatch {
+    fn drop(&mut self) {
+        if let (true, Some(gate)) = (self.holding, &self.gate) {
+            gate.delivered();
+        }
     }
 }
 
@@ -191,6 +229,10 @@ struct Frames {
     in_preface: bool,
     /// A response's `HEADERS` has been seen (and published: once, not on every frame).
     served: bool,
+    /// A `GOAWAY` frame's header was read (since the flag was last taken).
+    goaway_started: bool,
+    /// The current frame is a `GOAWAY` whose payload is still to go by.
+    in_goaway: bool,
 }
 
 impl Frames {
@@ -211,6 +253,7 @@ impl Frames {
                 self.payload -= take;
                 bytes = &bytes[take..];
                 if self.payload == 0 {
+                    self.in_goaway = false;
                     if let Some(kept) = self.goaway.take() {
                         publish_goaway(status, parse_goaway(&kept), on_goaway);
                     }
@@ -247,6 +290,8 @@ impl Frames {
                     status.send_if_modified(|status| !std::mem::replace(&mut status.served, true));
                 }
                 if header[3] == GOAWAY {
+                    self.goaway_started = true;
+                    self.in_goaway = self.payload > 0;
                     if self.payload < GOAWAY_FIXED {
                         // Malformed (hyper ends the connection for it): a goodbye without
                         // details. Its few bytes, if any, are skipped.
@@ -296,6 +341,8 @@ fn publish_goaway(
 
 #[cfg(test)]
 mod tests {
+    use std::task::Context;
+
     use futures_util::FutureExt;
 
     use super::*;
@@ -605,5 +652,41 @@ mod tests {
         assert!(!served(0x7fff_ffff));
         let answered = run(&[&settings, &stream_frame(HEADERS, 1, &[0x88])]);
         assert!(answered.has_served(true) && answered.goaway_frame.is_none());
+    }
+
+    /// Whether `gate` lets the dispatcher run now.
+    fn open(gate: &GoAwayGate) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        gate.dispatch(&mut cx, |_| Poll::Ready(())).is_ready()
+    }
+
+    /// A `GOAWAY` closes the gate as its first bytes pass, and it stays closed until the
+    /// reader asks for more after the whole frame (h2 has handled it by then); a connection
+    /// dropped with the gate closed opens it.
+    #[test]
+    fn a_goaway_closes_the_gate_until_the_read_after_it() {
+        let gate = Arc::new(GoAwayGate::default());
+        let mut watch =
+            FrameWatch::new(Arc::new(watch::Sender::new(Status::default()))).gate(gate.clone());
+        let goaway = frame(GOAWAY, &[0, 0, 0, 1, 0, 0, 0, 0]);
+        let settings = frame(SETTINGS, &[]);
+        let data = stream_frame(0x0, 1, b"hello");
+        let mut read = |bytes: &[u8]| {
+            watch.before_read();
+            watch.observe(bytes);
+        };
+        read(&settings);
+        read(&data);
+        assert!(open(&gate), "no GOAWAY yet");
+        read(&goaway[..12]);
+        assert!(!open(&gate), "a GOAWAY's first bytes were handed over");
+        read(&goaway[12..]);
+        assert!(!open(&gate), "the reader has not asked for more since");
+        read(&data[..3]);
+        assert!(open(&gate), "asked for more after the whole GOAWAY");
+        read(&[&data[3..], &goaway[..]].concat());
+        assert!(!open(&gate));
+        drop(watch);
+        assert!(open(&gate), "opened by the connection's drop");
     }
 }

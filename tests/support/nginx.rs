@@ -266,8 +266,10 @@ impl Nginx {
         let _ = fs::remove_file(self.dir.join("error.log"));
         let stderr = fs::File::create(self.dir.join("stderr.log")).expect("create stderr.log");
         let master = Command::new(&self.binary)
-            // The client's allocator (a bench run with `LD_PRELOAD`) is not nginx's.
+            // The client's allocator and its settings (a bench run with `LD_PRELOAD` or
+            // `GLIBC_TUNABLES`) are not nginx's.
             .env_remove("LD_PRELOAD")
+            .env_remove("GLIBC_TUNABLES")
             .arg("-p")
             .arg(&self.dir)
             .arg("-c")
