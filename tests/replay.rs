@@ -96,7 +96,14 @@ async fn streams_above_goaway_last_stream_id_are_replayed_with_their_bodies() {
     let mut by_connection = HashMap::<usize, usize>::new();
     for request in requests {
         let (id, answer) = request.await.unwrap();
-        let answer = answer.unwrap_or_else(|error| panic!("request {id} failed: {error:?}"));
+        let answer = answer.unwrap_or_else(|error| {
+            panic!(
+                "request {id} failed: {error:?}; processed {:?}; accepted {}; {:?}",
+                server.record.processed(),
+                server.record.accepted(),
+                svc.handle().stats()
+            )
+        });
         assert!(
             answer.ends_with(&format!(" id={id} body=payload-{id}")),
             "{answer}"
