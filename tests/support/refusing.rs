@@ -180,6 +180,13 @@ async fn serve_h2(record: Record, mode: Mode, number: usize, stream: TcpStream) 
         _ => None,
     };
     let dropped = watch::Sender::new(0usize);
+    // A second handle on the socket, for a lingering close after a graceful shutdown.
+    let Ok((stream, lingering)) = stream
+        .into_std()
+        .and_then(|std| Ok((TcpStream::from_std(std.try_clone()?)?, std)))
+    else {
+        return;
+    };
     let io = Filter::new(stream, cutoff, dropped.clone());
     let Ok(mut connection) = h2::server::handshake(io).await else {
         return;
@@ -190,7 +197,13 @@ async fn serve_h2(record: Record, mode: Mode, number: usize, stream: TcpStream) 
     loop {
         tokio::select! {
             next = connection.accept() => {
-                let Some(Ok((request, respond))) = next else { return };
+                let Some(Ok((request, respond))) = next else {
+                    if shutting_down {
+                        drop(connection);
+                        linger(lingering).await;
+                    }
+                    return;
+                };
                 taken += 1;
                 match &mode {
                     Mode::AcceptThenDie { goaway } if number == 1 => {
@@ -227,6 +240,21 @@ async fn serve_h2(record: Record, mode: Mode, number: usize, stream: TcpStream) 
             }
         }
     }
+}
+
+/// A lingering close (as nginx's `lingering_close`): h2 has sent its last frames and its FIN;
+/// read what the client still sends (bodies of streams above the `GOAWAY`, in flight when
+/// it came) until it closes, at most a second. Closing a socket with unread bytes resets the
+/// connection, and the client's kernel may then drop the final `GOAWAY` unread.
+async fn linger(socket: std::net::TcpStream) {
+    let Ok(mut socket) = TcpStream::from_std(socket) else {
+        return;
+    };
+    let mut sink = [0u8; 8192];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 async fn answer_h2(
