@@ -2,18 +2,12 @@
 //! have none, the TLS settings, the connector's newest connection (where a refused request is
 //! sent again), and the resend settings with their counters.
 
-use std::{
-    future::{Future, poll_fn},
-    pin::pin,
-    sync::Arc,
-};
+use std::{future::Future, sync::Arc};
 
 use tokio::{net::TcpStream, sync::watch};
 
 use super::{
-    Dial, Origin,
-    gate::GoAwayGate,
-    name_origin, origin_for,
+    Dial, Origin, name_origin, origin_for,
     resend::{self, Newest, ReplayConfig},
     sniff::Status,
     stream::Stream,
@@ -113,11 +107,8 @@ pub(super) async fn secure(
 /// `status`: `finish` sees hyper's result and the status, and returns the result to publish
 /// (a connector may take an error for a goodbye, or record what the end says). The last step
 /// of both connectors' pipeline: dial, observe the bytes read, handshake, spawn and watch.
-///
-/// HTTP/2: `connection` is hyper's dispatcher, polled through `gate` (see [`GoAwayGate`]).
 pub(super) fn spawn_watched<F>(
     connection: F,
-    gate: Option<Arc<GoAwayGate>>,
     status: Arc<watch::Sender<Status>>,
     finish: impl FnOnce(Result<(), hyper::Error>, &mut Status) -> Result<(), hyper::Error>
     + Send
@@ -126,13 +117,7 @@ pub(super) fn spawn_watched<F>(
     F: Future<Output = Result<(), hyper::Error>> + Send + 'static,
 {
     tokio::spawn(async move {
-        let result = match gate {
-            None => connection.await,
-            Some(gate) => {
-                let mut connection = pin!(connection);
-                poll_fn(|cx| gate.dispatch(cx, |cx| connection.as_mut().poll(cx))).await
-            }
-        };
+        let result = connection.await;
         status.send_modify(|status| {
             let result = finish(result, status);
             status.ended = Some(result.map_err(Arc::new));

@@ -20,7 +20,12 @@
 //! arrives.
 
 use std::{
-    sync::atomic::{AtomicU8, Ordering::SeqCst},
+    future::{Future, poll_fn},
+    pin::pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering::SeqCst},
+    },
     task::{Context, Poll},
 };
 
@@ -58,6 +63,12 @@ impl GoAwayGate {
         let result = poll(cx);
         self.state.fetch_and(!DISPATCHING, SeqCst);
         result
+    }
+
+    /// `dispatcher` (hyper's HTTP/2 connection future), polled through [`dispatch`](Self::dispatch).
+    pub(crate) async fn dispatching<F: Future>(self: Arc<Self>, dispatcher: F) -> F::Output {
+        let mut dispatcher = pin!(dispatcher);
+        poll_fn(|cx| self.dispatch(cx, |cx| dispatcher.as_mut().poll(cx))).await
     }
 
     /// The read side is about to hand a `GOAWAY` to h2: closes the gate, and waits for a

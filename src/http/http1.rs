@@ -159,7 +159,7 @@ where
             let answered = head;
             let permits = Arc::new(Semaphore::new(1));
             let idle = permits.clone();
-            spawn_watched(connection, None, status.clone(), move |result, status| {
+            spawn_watched(connection, status.clone(), move |result, status| {
                 // Served: a whole response head arrived (not noise, not a head without end).
                 status.served |= answered.load(Ordering::Acquire);
                 match result {

@@ -469,8 +469,7 @@ where
             let (ended, end) = (Arc::new(AtomicBool::new(false)), Arc::new(Notify::new()));
             let (task_ended, task_end) = (ended.clone(), end.clone());
             spawn_watched(
-                connection,
-                Some(gate),
+                gate.dispatching(connection),
                 status.clone(),
                 move |result, status| {
                     if status.retired && !status.goaway {
