@@ -322,6 +322,8 @@ struct Clients {
     /// The servers of the `hyper` and `tonic` groups.
     hyper_address: SocketAddr,
     grpc_address: SocketAddr,
+    /// The servers of the `balanced` group.
+    replica_addresses: Vec<SocketAddr>,
     /// Keeps the replicas' connections (and their drivers) for the run.
     _replicas: ReplicaSet<String, Http2Connection<Grpc>>,
     /// The balanced channel's endpoints: it stops following them once this is gone.
@@ -380,17 +382,7 @@ async fn clients() -> Clients {
             .await
             .expect("the balanced channel listens");
     }
-    let catalog = LocalCatalog::<String, SocketAddr>::new();
-    for (n, address) in replicas.iter().enumerate() {
-        catalog.insert(format!("replica-{n}"), *address);
-    }
-    let layer = PersistentConnectionLayer::new(catalog.clone()).server_name(SERVICE);
-    let replicas = Replicas::http2(catalog.watch(), layer, Http2Connector::<Grpc>::new());
-    let set = replicas.set();
-    let balanced = replicas.balanced(1024);
-    while set.keys().len() < 3 || set.states().iter().any(|(_, s)| *s != State::Connected) {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let (balanced, set) = balanced(&replicas, Http2Connector::new()).await;
 
     Clients {
         raw_h2,
@@ -399,12 +391,35 @@ async fn clients() -> Clients {
         channel: Health(HealthClient::new(channel)),
         ours_grpc: Health(HealthClient::new(svc)),
         balance_channel: Health(HealthClient::new(balance_channel)),
-        ours_balanced: Health(HealthClient::new(balanced)),
+        ours_balanced: balanced,
         hyper_address,
         grpc_address,
+        replica_addresses: replicas,
         _replicas: set,
         _changes: changes,
     }
+}
+
+/// The balanced client over the servers at `addresses`, once each replica is connected, and
+/// the set that keeps the replicas' connections.
+async fn balanced(
+    addresses: &[SocketAddr],
+    connector: Http2Connector<Grpc>,
+) -> (OursBalanced, ReplicaSet<String, Http2Connection<Grpc>>) {
+    let catalog = LocalCatalog::<String, SocketAddr>::new();
+    for (n, address) in addresses.iter().enumerate() {
+        catalog.insert(format!("replica-{n}"), *address);
+    }
+    let layer = PersistentConnectionLayer::new(catalog.clone()).server_name(SERVICE);
+    let replicas = Replicas::http2(catalog.watch(), layer, connector);
+    let set = replicas.set();
+    let client = replicas.balanced(1024);
+    while set.keys().len() < addresses.len()
+        || set.states().iter().any(|(_, s)| *s != State::Connected)
+    {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    (Health(HealthClient::new(client)), set)
 }
 
 // === measuring ===
@@ -535,7 +550,7 @@ fn report(groups: &[Group], rounds: usize) {
 
 /// `--only CLIENT MODE N`: sends `N` requests through one client after a warm-up, and prints
 /// its requests/s (for a profiler: `valgrind --tool=callgrind`). Besides the clients of the
-/// table, `ours_h2` and `ours_grpc` take the suffixes `_nokeepalive` (keep-alive pings off),
+/// table, `ours_h2`, `ours_grpc` and `ours_balanced` take the suffixes `_nokeepalive` (keep-alive pings off),
 /// `_noreplay` (no request kept for a resend: `max_replays(0)`) and `_bare` (both, and no
 /// dialing ahead), which tell where the crate's cost lies.
 async fn only(client: &str, mode: &str, n: usize) {
@@ -583,6 +598,11 @@ async fn only(client: &str, mode: &str, n: usize) {
                         .http2(tune(Http2Connector::new(), setting));
                     svc.ready().await.expect("connected");
                     run!(Health(HealthClient::new(svc)))
+                }
+                "ours_balanced" => {
+                    let connector = tune(Http2Connector::new(), setting);
+                    let (client, _set) = balanced(&c.replica_addresses, connector).await;
+                    run!(client)
                 }
                 _ => panic!("unknown client {other}"),
             }
