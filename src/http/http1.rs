@@ -27,8 +27,8 @@ use super::{
     observe::{Observed, ReadObserver},
     replay::ReplayBody,
     resend::{
-        self, Failure, Kept, Lineage, Refusal, Resend, h1_closed, is_idempotent, mark_untaken,
-        or_recover, unless_stranded,
+        self, Failure, Kept, Lineage, Reads, Refusal, Resend, h1_closed, is_idempotent,
+        mark_untaken, or_recover, unless_stranded,
     },
     sniff::{self, Status},
 };
@@ -315,7 +315,12 @@ where
         };
         // Only an idempotent request can need its head and body again after being written.
         let idempotent = is_idempotent(&request);
-        let (request, kept) = Kept::prepare(request, &self.shared.lineage.config, idempotent);
+        let (request, kept) = Kept::prepare(
+            request,
+            &self.shared.lineage.config,
+            idempotent,
+            Reads::Extensions,
+        );
         let sent = send_with(&self.shared, permit, request);
         Box::pin(or_recover(sent, kept, self.shared.clone()))
     }

@@ -34,7 +34,9 @@ use super::{
     keep_alive::KeepAliveInterval,
     origin_for,
     replay::{ReplayBody, TakenMark},
-    resend::{self, Failure, Kept, Lineage, Newest, ReplayConfig, Resend, h2_refusal, or_recover},
+    resend::{
+        self, Failure, Kept, Lineage, Newest, Reads, ReplayConfig, Resend, h2_refusal, or_recover,
+    },
     sniff::{self, FrameWatch, Sniff, Status},
     tls::Tls,
 };
@@ -724,7 +726,8 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         self.shared.pinged.ask();
-        let (request, kept) = Kept::prepare(request, &self.shared.lineage.config, true);
+        let (request, kept) =
+            Kept::prepare(request, &self.shared.lineage.config, true, Reads::Protocol);
         let retire = match self.shared.admit() {
             Admit::Send => false,
             Admit::SendAndRetire => true,

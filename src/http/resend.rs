@@ -438,33 +438,73 @@ pub(crate) async fn unless_stranded<T, B>(
 
 // === what is kept for a resend ===
 
-/// A request head, cloned before the request is sent.
+/// What of a request's extensions the connection that sends it reads, and so what a kept
+/// [`Head`] must leave in the request it hands over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reads {
+    /// All of them: hyper's HTTP/1 dispatcher reads the extensions it knows (the case and
+    /// order of header names) when it writes the head, and the connector's own mark lives
+    /// there. They stay in the request; the head keeps a clone.
+    Extensions,
+    /// Only the extended `CONNECT` protocol: hyper's HTTP/2 client and h2 read
+    /// [`hyper::ext::Protocol`] (h2 its own [`h2::ext::Protocol`]) and clear the rest as they
+    /// open the stream. The rest moves into the head, so nothing is cloned per request.
+    Protocol,
+}
+
+/// Copies into `to` the extended `CONNECT` protocol of `from`, the one extension of a request
+/// that hyper's HTTP/2 client and h2 read.
+fn hand_over_protocol(from: &Extensions, to: &mut Extensions) {
+    if let Some(protocol) = from.get::<hyper::ext::Protocol>() {
+        to.insert(protocol.clone());
+    }
+    if let Some(protocol) = from.get::<h2::ext::Protocol>() {
+        to.insert(protocol.clone());
+    }
+}
+
+/// A request head, kept before the request is sent.
 struct Head {
     method: Method,
     uri: Uri,
     version: Version,
     headers: HeaderMap,
     extensions: Extensions,
+    reads: Reads,
 }
 
 impl Head {
-    fn of<T>(request: &Request<T>) -> Self {
+    /// Keeps the head of `request`, leaving in it what its connection reads.
+    fn keep<T>(request: &mut Request<T>, reads: Reads) -> Self {
+        let extensions = match reads {
+            Reads::Extensions => request.extensions().clone(),
+            Reads::Protocol => {
+                let extensions = std::mem::take(request.extensions_mut());
+                hand_over_protocol(&extensions, request.extensions_mut());
+                extensions
+            }
+        };
         Self {
             method: request.method().clone(),
             uri: request.uri().clone(),
             version: request.version(),
             headers: request.headers().clone(),
-            extensions: request.extensions().clone(),
+            extensions,
+            reads,
         }
     }
 
-    fn with<T>(self, body: T) -> Request<T> {
+    /// The request to send again, with `body`; the head stays kept for a further resend.
+    fn request<T>(&self, body: T) -> Request<T> {
         let mut request = Request::new(body);
-        *request.method_mut() = self.method;
-        *request.uri_mut() = self.uri;
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
         *request.version_mut() = self.version;
-        *request.headers_mut() = self.headers;
-        *request.extensions_mut() = self.extensions;
+        *request.headers_mut() = self.headers.clone();
+        match self.reads {
+            Reads::Extensions => *request.extensions_mut() = self.extensions.clone(),
+            Reads::Protocol => hand_over_protocol(&self.extensions, request.extensions_mut()),
+        }
         request
     }
 }
@@ -477,17 +517,18 @@ pub(crate) struct Kept<B> {
 }
 
 impl<B: http_body::Body> Kept<B> {
-    /// Wraps the body of `request` for replays and keeps its head. The body's bytes are
-    /// recorded only if `record_body`: a request whose body may be read before a failure that
-    /// allows a resend (else only a request never taken is sent again, whose body was never
-    /// read).
+    /// Wraps the body of `request` for replays and keeps its head, leaving in the request the
+    /// extensions its connection `reads`. The body's bytes are recorded only if `record_body`:
+    /// a request whose body may be read before a failure that allows a resend (else only a
+    /// request never taken is sent again, whose body was never read).
     pub(crate) fn prepare(
-        request: Request<B>,
+        mut request: Request<B>,
         config: &ReplayConfig,
         record_body: bool,
+        reads: Reads,
     ) -> (Request<ReplayBody<B>>, Self) {
         let resends = config.max_replays > 0;
-        let head = resends.then(|| Head::of(&request));
+        let head = resends.then(|| Head::keep(&mut request, reads));
         let limit = if resends && record_body {
             config.max_body
         } else {
@@ -515,7 +556,7 @@ impl<B> Drop for Kept<B> {
 /// server may have processed the request).
 pub(crate) async fn recover<C>(
     mut failure: Failure<C::Body>,
-    mut kept: Kept<C::Body>,
+    kept: Kept<C::Body>,
     mut number: u64,
     mut latest: watch::Receiver<Latest<C>>,
     config: Arc<ReplayConfig>,
@@ -544,12 +585,8 @@ where
             Ok(body) => body,
             Err(TooLarge) => return not_processed(Why::TooLarge(config.max_body), failure.error),
         };
-        let request = match (kept.head.take(), failure.request.take()) {
-            (Some(head), _) => {
-                let request = head.with(body);
-                kept.head = Some(Head::of(&request));
-                request
-            }
+        let request = match (&kept.head, failure.request.take()) {
+            (Some(head), _) => head.request(body),
             (None, Some(handed_back)) => handed_back.map(|_| body),
             (None, None) => return not_processed(Why::NotKept, failure.error),
         };
@@ -696,6 +733,75 @@ mod tests {
     };
 
     use super::*;
+
+    #[derive(Clone, Debug, PartialEq)]
+    struct Tag(u32);
+
+    /// A request carrying a caller's extension and an extended `CONNECT` protocol.
+    fn tagged() -> Request<Empty<Bytes>> {
+        let mut request = Request::post("http://example.com/upload")
+            .header("x-trace", "7")
+            .body(Empty::new())
+            .unwrap();
+        request.extensions_mut().insert(Tag(7));
+        request
+            .extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        request
+    }
+
+    #[test]
+    fn an_http2_head_takes_the_extensions_and_leaves_hyper_the_protocol() {
+        let (handed_over, kept) =
+            Kept::prepare(tagged(), &ReplayConfig::new(), true, Reads::Protocol);
+        // What h2 and hyper read stays; the rest is the head's, not cloned.
+        let protocol = handed_over.extensions().get::<hyper::ext::Protocol>();
+        assert_eq!(
+            protocol.map(hyper::ext::Protocol::as_str),
+            Some("websocket")
+        );
+        assert_eq!(handed_over.extensions().get::<Tag>(), None);
+        assert_eq!(handed_over.headers()["x-trace"], "7");
+
+        // Each resend is the whole request again, with the same hand-over.
+        let head = kept.head.as_ref().expect("resends are on");
+        assert_eq!(head.extensions.get::<Tag>(), Some(&Tag(7)));
+        for _ in 0..2 {
+            let again = head.request(());
+            assert_eq!(again.method(), Method::POST);
+            assert_eq!(again.uri(), "http://example.com/upload");
+            assert_eq!(again.headers()["x-trace"], "7");
+            assert_eq!(again.extensions().get::<Tag>(), None);
+            let protocol = again.extensions().get::<hyper::ext::Protocol>();
+            assert_eq!(
+                protocol.map(hyper::ext::Protocol::as_str),
+                Some("websocket")
+            );
+        }
+        assert_eq!(head.extensions.get::<Tag>(), Some(&Tag(7)));
+    }
+
+    #[test]
+    fn an_http1_head_clones_the_extensions_hyper_reads() {
+        let (handed_over, kept) =
+            Kept::prepare(tagged(), &ReplayConfig::new(), true, Reads::Extensions);
+        assert_eq!(handed_over.extensions().get::<Tag>(), Some(&Tag(7)));
+        let head = kept.head.as_ref().expect("resends are on");
+        for _ in 0..2 {
+            assert_eq!(head.request(()).extensions().get::<Tag>(), Some(&Tag(7)));
+        }
+    }
+
+    #[test]
+    fn without_resends_nothing_is_kept_or_taken() {
+        let config = ReplayConfig {
+            max_replays: 0,
+            ..ReplayConfig::new()
+        };
+        let (handed_over, kept) = Kept::prepare(tagged(), &config, true, Reads::Protocol);
+        assert!(kept.head.is_none());
+        assert_eq!(handed_over.extensions().get::<Tag>(), Some(&Tag(7)));
+    }
 
     /// A connection of a test: it only has a lineage, and takes requests or not.
     struct Fake {
