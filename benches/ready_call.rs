@@ -23,6 +23,11 @@
 //! After criterion's report, the run measures each case again in interleaved rounds and prints
 //! the medians, and the median over the rounds of each round's ratio to the baseline (for
 //! contention: of the persistent case's growth from 1 to 2 threads to the baseline's growth).
+//! The current-thread rounds run in turn at four placements of the stack within a cache line
+//! (moved by 0, 16, 32 and 48 bytes), and the figures are given for each placement too: at
+//! two of them every loop here, the bare one included, runs about 12 % slower, and which two
+//! depends on where the kernel started the process's stack, so without this the figures of
+//! one run fell in one group or the other by chance.
 //!
 //! `cargo bench --bench ready_call` for the numbers; `cargo bench --bench ready_call -- '^$'`
 //! for the interleaved rounds alone (the filter matches no criterion case);
@@ -264,12 +269,42 @@ fn bench_contention(c: &mut Criterion, rt: &Runtime) {
 /// frequency) hits every case alike.
 const ROUNDS: usize = 21;
 
+/// The current-thread rounds: as many at each of [`STACK_OFFSETS`].
+const OFFSET_ROUNDS: usize = 28;
+
+/// Where, within a 64-byte cache line, the measured loop's stack lies, moved by this many bytes
+/// in turn from round to round. At a few nanoseconds per request the loops' speed depends on
+/// it (every case's, the bare one's too): without this the start of the process's stack,
+/// which the kernel randomizes, would pick one placement per run (see BENCHMARKS.md).
+const STACK_OFFSETS: [usize; 4] = [0, 16, 32, 48];
+
+/// Runs `f` with the stack moved down by `offset` bytes, one of [`STACK_OFFSETS`].
+fn at_stack_offset<R>(offset: usize, mut f: impl FnMut() -> R) -> R {
+    match offset {
+        0 => below::<0, R>(&mut f),
+        16 => below::<16, R>(&mut f),
+        32 => below::<32, R>(&mut f),
+        48 => below::<48, R>(&mut f),
+        _ => unreachable!("{offset} is not one of STACK_OFFSETS"),
+    }
+}
+
+/// Calls `f` from a frame `N` bytes larger (`N` a multiple of 16, the stack's alignment).
+#[inline(never)]
+fn below<const N: usize, R>(f: &mut dyn FnMut() -> R) -> R {
+    let pad = [0u8; N];
+    black_box(&pad);
+    let result = f();
+    black_box(&pad);
+    result
+}
+
 /// Times per request (ns) of each case, one row per case, one column per round.
 struct Rounds(Vec<Vec<f64>>);
 
 impl Rounds {
     fn new(cases: usize) -> Self {
-        Self(vec![Vec::with_capacity(ROUNDS); cases])
+        Self(vec![Vec::new(); cases])
     }
 
     fn push(&mut self, case: usize, elapsed: Duration, requests: u64) {
@@ -282,8 +317,19 @@ impl Rounds {
 
     /// The median over the rounds of `f` applied to each round's times.
     fn median_of(&self, f: impl Fn(&dyn Fn(usize) -> f64) -> f64) -> f64 {
+        self.median_where(|_| true, f)
+    }
+
+    /// The median over the rounds `pick` takes (by number) of `f` applied to each round's
+    /// times.
+    fn median_where(
+        &self,
+        pick: impl Fn(usize) -> bool,
+        f: impl Fn(&dyn Fn(usize) -> f64) -> f64,
+    ) -> f64 {
         median(
-            &(0..ROUNDS)
+            &(0..self.0[0].len())
+                .filter(|&round| pick(round))
                 .map(|round| f(&|case| self.0[case][round]))
                 .collect::<Vec<_>>(),
         )
@@ -311,25 +357,66 @@ fn print_ready_call(rt: &Runtime) {
     let mut buffer = [buffer(rt)];
     let mut minimal = [minimal()];
     let mut rounds = Rounds::new(NAMES.len());
-    for _ in 0..ROUNDS {
-        rounds.push(0, time_requests(rt, REQUESTS, &mut bare), REQUESTS);
-        rounds.push(1, time_requests(rt, REQUESTS, &mut wrapped), REQUESTS);
-        rounds.push(2, time_requests(rt, REQUESTS, &mut clones), REQUESTS);
-        rounds.push(3, time_requests(rt, REQUESTS, &mut reconnect), REQUESTS);
-        let elapsed = time_requests(rt, BUFFER_REQUESTS, &mut buffer);
+    let offset = |round: usize| STACK_OFFSETS[round % STACK_OFFSETS.len()];
+    for round in 0..OFFSET_ROUNDS {
+        let time =
+            |services: &mut dyn FnMut() -> Duration| at_stack_offset(offset(round), services);
+        rounds.push(
+            0,
+            time(&mut || time_requests(rt, REQUESTS, &mut bare)),
+            REQUESTS,
+        );
+        rounds.push(
+            1,
+            time(&mut || time_requests(rt, REQUESTS, &mut wrapped)),
+            REQUESTS,
+        );
+        rounds.push(
+            2,
+            time(&mut || time_requests(rt, REQUESTS, &mut clones)),
+            REQUESTS,
+        );
+        rounds.push(
+            3,
+            time(&mut || time_requests(rt, REQUESTS, &mut reconnect)),
+            REQUESTS,
+        );
+        let elapsed = time(&mut || time_requests(rt, BUFFER_REQUESTS, &mut buffer));
         rounds.push(4, elapsed, BUFFER_REQUESTS);
-        rounds.push(5, time_requests(rt, REQUESTS, &mut minimal), REQUESTS);
+        rounds.push(
+            5,
+            time(&mut || time_requests(rt, REQUESTS, &mut minimal)),
+            REQUESTS,
+        );
     }
     println!(
-        "ready_call, current-thread, {ROUNDS} interleaved rounds \
-         ({REQUESTS} requests per case and round, {BUFFER_REQUESTS} for buffer):\n  \
-         case                 median ns/req   median of the rounds' ratios to baseline"
+        "ready_call, current-thread, {OFFSET_ROUNDS} interleaved rounds \
+         ({REQUESTS} requests per case and round, {BUFFER_REQUESTS} for buffer), \
+         {} at each stack offset:\n  \
+         case                 median ns/req   median of the rounds' ratios to baseline",
+        OFFSET_ROUNDS / STACK_OFFSETS.len(),
     );
     for (case, name) in NAMES.iter().enumerate() {
         println!(
             "  {name:<20} {:10.2}      {:.3} x",
             rounds.median(case),
             rounds.median_of(|round| round(case) / round(0)),
+        );
+    }
+    println!(
+        "  by stack offset (bytes; baseline ns/req, then each case's median ratio to it):\n  \
+         offset  baseline  persistent  persistent_8_clones  reconnect  minimal_wrapper"
+    );
+    for at in STACK_OFFSETS {
+        let here = |round: usize| offset(round) == at;
+        let ratio = |case: usize| rounds.median_where(here, |round| round(case) / round(0));
+        println!(
+            "  {at:>6} {:9.2} {:10.3} x {:18.3} x {:9.3} x {:15.3} x",
+            rounds.median_where(here, |round| round(0)),
+            ratio(1),
+            ratio(2),
+            ratio(3),
+            ratio(5),
         );
     }
 }
