@@ -1,5 +1,6 @@
 //! Loom models of the shared readiness state ([`Shared`]) and of the protocol the service
-//! follows over it (`PersistentConnection::poll_ready`).
+//! follows over it (`PersistentConnection::poll_ready`), and of the HTTP/2 connector's
+//! `GOAWAY` gate (`http::gate`).
 //!
 //! Built only with `--cfg loom` on this crate, when [`crate::sync`] is loom's, so every atomic
 //! and mutex of [`Shared`] is model-checked: loom runs each model under the interleavings of
@@ -535,5 +536,60 @@ fn the_hot_path_takes_no_lock() {
         assert!(matches!(polled, Poll::Ready(Ok(()))), "{polled:?}");
         locked.store(2, Ordering::Release);
         holder.join().unwrap();
+    });
+}
+
+// === the HTTP/2 connector's GOAWAY gate ===
+
+/// The gate's promise (`http::gate`): a `GOAWAY` is not handed to h2 while a poll of hyper's
+/// dispatcher runs, and no dispatcher poll starts while one is being handed over; and a
+/// dispatcher kept out is woken once the hand-over is done (else it waits for ever: a deadlock
+/// for loom). The read side hands over one `GOAWAY`; the dispatcher polls three times (it
+/// asks to be polled again after the first two), so that a poll can meet the hand-over at
+/// every point of it.
+#[cfg(feature = "hyper")]
+#[test]
+fn the_goaway_gate_keeps_dispatcher_polls_and_a_goaway_hand_over_apart() {
+    use crate::{http::GoAwayGate, sync::AtomicBool};
+
+    exhaustive(|| {
+        let gate = std::sync::Arc::new(GoAwayGate::default());
+        // Set while the dispatcher's poll runs, and while the GOAWAY is with h2.
+        let polling = Arc::new(AtomicBool::new(false));
+        let handing = Arc::new(AtomicBool::new(false));
+
+        let reader = {
+            let (gate, polling, handing) = (gate.clone(), polling.clone(), handing.clone());
+            thread::spawn(move || {
+                gate.deliver();
+                handing.store(true, Ordering::SeqCst);
+                assert!(
+                    !polling.load(Ordering::SeqCst),
+                    "a GOAWAY handed to h2 during a dispatcher poll"
+                );
+                handing.store(false, Ordering::SeqCst);
+                gate.delivered();
+            })
+        };
+
+        let mut polls = 0;
+        block_on(poll_fn(|cx| {
+            gate.dispatch(cx, |cx| {
+                polling.store(true, Ordering::SeqCst);
+                assert!(
+                    !handing.load(Ordering::SeqCst),
+                    "a dispatcher poll while a GOAWAY was handed to h2"
+                );
+                polling.store(false, Ordering::SeqCst);
+                polls += 1;
+                if polls == 3 {
+                    Poll::Ready(())
+                } else {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            })
+        }));
+        reader.join().unwrap();
     });
 }

@@ -22,14 +22,12 @@
 use std::{
     future::{Future, poll_fn},
     pin::pin,
-    sync::{
-        Arc,
-        atomic::{AtomicU8, Ordering::SeqCst},
-    },
+    sync::Arc,
     task::{Context, Poll},
 };
 
-use futures_util::task::AtomicWaker;
+// loom's under `cfg(loom)`: `loom_tests` checks the gate's every interleaving.
+use crate::sync::{AtomicU8, AtomicWaker, Ordering::SeqCst, yield_now};
 
 /// A dispatcher poll is running.
 const DISPATCHING: u8 = 1;
@@ -76,7 +74,7 @@ impl GoAwayGate {
     pub(crate) fn deliver(&self) {
         let mut state = self.state.fetch_or(DELIVERING, SeqCst);
         while state & DISPATCHING != 0 {
-            std::thread::yield_now();
+            yield_now();
             state = self.state.load(SeqCst);
         }
     }

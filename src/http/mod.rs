@@ -126,6 +126,8 @@ mod base;
 mod dial;
 mod executor;
 mod gate;
+#[cfg(all(test, loom))]
+pub(crate) use gate::GoAwayGate;
 mod http1;
 mod http2;
 mod keep_alive;
