@@ -18,6 +18,9 @@
 //! Both tasks keep running apart: a dispatcher poll costs two atomic operations, a read a
 //! flag test; the read side waits only for a dispatcher poll in progress when a `GOAWAY`
 //! arrives.
+//!
+//! Its atomics come from [`crate::sync`], so a loom model (`loom_tests`, "the GOAWAY gate")
+//! checks every interleaving of dispatcher polls with a hand-over.
 
 use std::{
     future::{Future, poll_fn},
