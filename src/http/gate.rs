@@ -19,6 +19,11 @@
 //! flag test; the read side waits only for a dispatcher poll in progress when a `GOAWAY`
 //! arrives.
 //!
+//! The end of the stream (or a read error) sets h2's connection error too, and the read side
+//! closes the gate around it the same way, until h2's next read or write (see
+//! [`FrameWatch`](super::sniff::FrameWatch)): a request the dispatcher would have taken then
+//! stays in hyper's queue, and hyper hands it back when the connection stops.
+//!
 //! Its atomics come from [`crate::sync`], so a loom model (`loom_tests`, "the GOAWAY gate")
 //! checks every interleaving of dispatcher polls with a hand-over.
 

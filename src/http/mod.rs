@@ -74,7 +74,11 @@
 //! then checks the connection, and fails the request with the `GOAWAY` error if one came in
 //! between, though the stream's `HEADERS` may be written at or below the last stream id. The
 //! connector holds a `GOAWAY` back from h2 while the dispatcher runs, and the dispatcher while
-//! h2 takes a `GOAWAY` in, so that error always proves a refusal.
+//! h2 takes a `GOAWAY` in, so that error always proves a refusal. It does the same with the
+//! end of the connection's stream (or a read error): a request the dispatcher took while h2
+//! read it would fail with h2's "connection closed" error, opened or not; with the dispatcher
+//! held back, it stays in hyper's queue, hyper hands it back when the connection stops, and
+//! the connector sends it again.
 //!
 //! ```
 //! use std::net::SocketAddr;

@@ -18,6 +18,14 @@ pub(crate) trait ReadObserver {
 
     /// Called at the start of each read: the reader has taken in what came before.
     fn before_read(&mut self) {}
+
+    /// Called when a read ends the stream (it had room and got no byte) or fails, before the
+    /// reader sees it.
+    fn at_end(&mut self) {}
+
+    /// Called at the start of each write, flush or shutdown: the reader, who also writes, has
+    /// taken in the end of the stream, if it came.
+    fn before_write(&mut self) {}
 }
 
 pin_project! {
@@ -44,29 +52,44 @@ impl<T: AsyncRead, O: ReadObserver> AsyncRead for Observed<T, O> {
         let this = self.project();
         this.observer.before_read();
         let before = buf.filled().len();
+        let room = buf.remaining() > 0;
         let result = this.io.poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = result {
-            this.observer.observe(&buf.filled()[before..]);
+        match &result {
+            Poll::Ready(Ok(())) => {
+                let read = &buf.filled()[before..];
+                this.observer.observe(read);
+                if read.is_empty() && room {
+                    this.observer.at_end();
+                }
+            }
+            Poll::Ready(Err(_)) => this.observer.at_end(),
+            Poll::Pending => {}
         }
         result
     }
 }
 
-impl<T: AsyncWrite, O> AsyncWrite for Observed<T, O> {
+impl<T: AsyncWrite, O: ReadObserver> AsyncWrite for Observed<T, O> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
+        let this = self.project();
+        this.observer.before_write();
+        this.io.poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
+        let this = self.project();
+        this.observer.before_write();
+        this.io.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
+        let this = self.project();
+        this.observer.before_write();
+        this.io.poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -74,7 +97,9 @@ impl<T: AsyncWrite, O> AsyncWrite for Observed<T, O> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        this.observer.before_write();
+        this.io.poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -154,8 +154,20 @@ pub(crate) struct FrameWatch {
     frames: Frames,
     on_goaway: Option<OnGoAway>,
     gate: Option<Arc<GoAwayGate>>,
-    /// The gate is closed for a `GOAWAY` handed to the reader.
-    holding: bool,
+    /// Why the gate is closed, if it is.
+    holding: Option<Hold>,
+}
+
+/// What the reader (h2) is being handed while the gate is closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hold {
+    /// A `GOAWAY`: the gate opens at the reader's next read after the whole frame (h2 reads
+    /// again only once it has handled every whole frame it holds).
+    GoAway,
+    /// The end of the stream, or a read error: h2 takes it in at once (the connection's error
+    /// is set before h2 does anything else), so the gate opens at its next read or write (h2
+    /// shuts the connection down next) or when the connection is dropped.
+    End,
 }
 
 impl FrameWatch {
@@ -165,11 +177,15 @@ impl FrameWatch {
             frames: Frames::default(),
             on_goaway: None,
             gate: None,
-            holding: false,
+            holding: None,
         }
     }
 
-    /// Closes `gate` while each `GOAWAY` is handed to the reader (h2), until its next read.
+    /// Closes `gate` while each `GOAWAY`, or the end of the stream, is handed to the reader
+    /// (h2), until it has taken it in (see [`Hold`]). A request hyper's dispatcher takes while
+    /// h2 reads the end would fail with h2's "connection closed" error, whether h2 opened its
+    /// stream or not; with the gate, the dispatcher takes none then, and hyper hands the
+    /// requests it has not taken back when it stops, to be sent again.
     pub(crate) fn gate(mut self, gate: Arc<GoAwayGate>) -> Self {
         self.gate = Some(gate);
         self
@@ -183,22 +199,20 @@ impl FrameWatch {
     }
 }
 
-impl ReadObserver for FrameWatch {
-    fn observe(&mut self, bytes: &[u8]) {
-        self.frames
-            .observe(bytes, &self.status, self.on_goaway.as_ref());
-        if std::mem::take(&mut self.frames.goaway_started) {
-            if let Some(gate) = &self.gate {
+impl FrameWatch {
+    /// Closes the gate (if there is one) for `hold`.
+    fn hold(&mut self, hold: Hold) {
+        if let Some(gate) = &self.gate {
+            if self.holding.is_none() {
                 gate.deliver();
-                self.holding = true;
             }
+            self.holding = Some(hold);
         }
     }
 
-    fn before_read(&mut self) {
-        // h2 reads again only once it has handled every whole frame it holds.
-        if self.holding && !self.frames.in_goaway {
-            self.holding = false;
+    /// Opens the gate.
+    fn release(&mut self) {
+        if self.holding.take().is_some() {
             if let Some(gate) = &self.gate {
                 gate.delivered();
             }
@@ -206,11 +220,38 @@ impl ReadObserver for FrameWatch {
     }
 }
 
+impl ReadObserver for FrameWatch {
+    fn observe(&mut self, bytes: &[u8]) {
+        self.frames
+            .observe(bytes, &self.status, self.on_goaway.as_ref());
+        if std::mem::take(&mut self.frames.goaway_started) {
+            self.hold(Hold::GoAway);
+        }
+    }
+
+    fn before_read(&mut self) {
+        match self.holding {
+            // h2 reads again only once it has handled every whole frame it holds.
+            Some(Hold::GoAway) if !self.frames.in_goaway => self.release(),
+            Some(Hold::End) => self.release(),
+            _ => {}
+        }
+    }
+
+    fn at_end(&mut self) {
+        self.hold(Hold::End);
+    }
+
+    fn before_write(&mut self) {
+        if self.holding == Some(Hold::End) {
+            self.release();
+        }
+    }
+}
+
 impl Drop for FrameWatch {
     fn drop(&mut self) {
-        if let (true, Some(gate)) = (self.holding, &self.gate) {
-            gate.delivered();
-        }
+        self.release();
     }
 }
 
@@ -341,7 +382,7 @@ fn publish_goaway(
 
 #[cfg(test)]
 mod tests {
-    use std::task::Context;
+    use std::{io, pin::Pin, task::Context};
 
     use futures_util::FutureExt;
 
@@ -688,5 +729,99 @@ mod tests {
         assert!(!open(&gate));
         drop(watch);
         assert!(open(&gate), "opened by the connection's drop");
+    }
+
+    /// A connection's I/O for the tests below: reads give each scripted outcome in turn
+    /// (bytes, the end of the stream, or an error), writes succeed.
+    struct Script(std::collections::VecDeque<io::Result<Vec<u8>>>);
+
+    impl tokio::io::AsyncRead for Script {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(match self.0.pop_front() {
+                Some(Ok(bytes)) => {
+                    buf.put_slice(&bytes);
+                    Ok(())
+                }
+                Some(Err(error)) => Err(error),
+                None => Ok(()),
+            })
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Script {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The end of the stream closes the gate as the reader (h2) gets it, and the reader's
+    /// next write (h2 shuts the connection down next), next read or drop opens it; so does a
+    /// read error. A read without room is not the end.
+    #[tokio::test]
+    async fn the_end_of_the_stream_closes_the_gate_until_the_readers_next_step() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let settings = frame(SETTINGS, &[]);
+        let reset = || Err(io::Error::from(io::ErrorKind::ConnectionReset));
+        let watched = |script: Vec<io::Result<Vec<u8>>>| {
+            let gate = Arc::new(GoAwayGate::default());
+            let watch =
+                FrameWatch::new(Arc::new(watch::Sender::new(Status::default()))).gate(gate.clone());
+            (Observed::new(Script(script.into()), watch), gate)
+        };
+        let mut buf = [0; 64];
+
+        // The end, then h2's shutdown.
+        let (mut io, gate) = watched(vec![Ok(settings.clone())]);
+        assert_eq!(io.read(&mut buf).await.unwrap(), settings.len());
+        assert!(open(&gate), "frames only");
+        assert_eq!(io.read(&mut []).await.unwrap(), 0);
+        assert!(open(&gate), "a read without room is not the end");
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        assert!(!open(&gate), "the end was handed to the reader");
+        io.shutdown().await.unwrap();
+        assert!(open(&gate), "the reader shuts down: it has taken the end in");
+
+        // The end, then another read.
+        let (mut io, gate) = watched(vec![]);
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        assert!(!open(&gate));
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        assert!(!open(&gate), "closed again by the second end");
+        io.flush().await.unwrap();
+        assert!(open(&gate));
+
+        // A read error, then the connection dropped.
+        let (mut io, gate) = watched(vec![reset()]);
+        io.read(&mut buf).await.unwrap_err();
+        assert!(!open(&gate), "a read error was handed to the reader");
+        drop(io);
+        assert!(open(&gate), "opened by the connection's drop");
+
+        // The end in the middle of a GOAWAY: released by the reader's next step all the same.
+        let goaway = frame(GOAWAY, &[0, 0, 0, 1, 0, 0, 0, 0]);
+        let (mut io, gate) = watched(vec![Ok(goaway[..12].to_vec())]);
+        assert_eq!(io.read(&mut buf).await.unwrap(), 12);
+        assert!(!open(&gate), "a GOAWAY's first bytes");
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        assert!(!open(&gate), "then the end");
+        io.write_all(b"x").await.unwrap();
+        assert!(open(&gate));
     }
 }
