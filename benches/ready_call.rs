@@ -359,35 +359,18 @@ fn print_ready_call(rt: &Runtime) {
     let mut rounds = Rounds::new(NAMES.len());
     let offset = |round: usize| STACK_OFFSETS[round % STACK_OFFSETS.len()];
     for round in 0..OFFSET_ROUNDS {
-        let time =
-            |services: &mut dyn FnMut() -> Duration| at_stack_offset(offset(round), services);
-        rounds.push(
-            0,
-            time(&mut || time_requests(rt, REQUESTS, &mut bare)),
-            REQUESTS,
-        );
-        rounds.push(
-            1,
-            time(&mut || time_requests(rt, REQUESTS, &mut wrapped)),
-            REQUESTS,
-        );
-        rounds.push(
-            2,
-            time(&mut || time_requests(rt, REQUESTS, &mut clones)),
-            REQUESTS,
-        );
-        rounds.push(
-            3,
-            time(&mut || time_requests(rt, REQUESTS, &mut reconnect)),
-            REQUESTS,
-        );
-        let elapsed = time(&mut || time_requests(rt, BUFFER_REQUESTS, &mut buffer));
-        rounds.push(4, elapsed, BUFFER_REQUESTS);
-        rounds.push(
-            5,
-            time(&mut || time_requests(rt, REQUESTS, &mut minimal)),
-            REQUESTS,
-        );
+        let mut time = |case: usize, requests: u64, run: &mut dyn FnMut(u64) -> Duration| {
+            let elapsed = at_stack_offset(offset(round), || run(requests));
+            rounds.push(case, elapsed, requests);
+        };
+        time(0, REQUESTS, &mut |n| time_requests(rt, n, &mut bare));
+        time(1, REQUESTS, &mut |n| time_requests(rt, n, &mut wrapped));
+        time(2, REQUESTS, &mut |n| time_requests(rt, n, &mut clones));
+        time(3, REQUESTS, &mut |n| time_requests(rt, n, &mut reconnect));
+        time(4, BUFFER_REQUESTS, &mut |n| {
+            time_requests(rt, n, &mut buffer)
+        });
+        time(5, REQUESTS, &mut |n| time_requests(rt, n, &mut minimal));
     }
     println!(
         "ready_call, current-thread, {OFFSET_ROUNDS} interleaved rounds \

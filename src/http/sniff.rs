@@ -796,7 +796,10 @@ mod tests {
         assert_eq!(io.read(&mut buf).await.unwrap(), 0);
         assert!(!open(&gate), "the end was handed to the reader");
         io.shutdown().await.unwrap();
-        assert!(open(&gate), "the reader shuts down: it has taken the end in");
+        assert!(
+            open(&gate),
+            "the reader shuts down: it has taken the end in"
+        );
 
         // The end, then another read.
         let (mut io, gate) = watched(vec![]);
