@@ -382,7 +382,7 @@ fn publish_goaway(
 
 #[cfg(test)]
 mod tests {
-    use std::{io, pin::Pin, task::Context};
+    use std::{io, task::Context};
 
     use futures_util::FutureExt;
 
@@ -731,64 +731,28 @@ mod tests {
         assert!(open(&gate), "opened by the connection's drop");
     }
 
-    /// A connection's I/O for the tests below: reads give each scripted outcome in turn
-    /// (bytes, the end of the stream, or an error), writes succeed.
-    struct Script(std::collections::VecDeque<io::Result<Vec<u8>>>);
-
-    impl tokio::io::AsyncRead for Script {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &mut tokio::io::ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Poll::Ready(match self.0.pop_front() {
-                Some(Ok(bytes)) => {
-                    buf.put_slice(&bytes);
-                    Ok(())
-                }
-                Some(Err(error)) => Err(error),
-                None => Ok(()),
-            })
-        }
-    }
-
-    impl tokio::io::AsyncWrite for Script {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            Poll::Ready(Ok(buf.len()))
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
     /// The end of the stream closes the gate as the reader (h2) gets it, and the reader's
     /// next write (h2 shuts the connection down next), next read or drop opens it; so does a
     /// read error. A read without room is not the end.
     #[tokio::test]
     async fn the_end_of_the_stream_closes_the_gate_until_the_readers_next_step() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_test::io::Builder;
 
         let settings = frame(SETTINGS, &[]);
-        let reset = || Err(io::Error::from(io::ErrorKind::ConnectionReset));
-        let watched = |script: Vec<io::Result<Vec<u8>>>| {
+        // The connection's I/O: reads from tokio-test's mock, which end once its script is
+        // done; writes to a sink.
+        let watched = |reads: &mut Builder| {
             let gate = Arc::new(GoAwayGate::default());
             let watch =
                 FrameWatch::new(Arc::new(watch::Sender::new(Status::default()))).gate(gate.clone());
-            (Observed::new(Script(script.into()), watch), gate)
+            let io = tokio::io::join(reads.build(), tokio::io::sink());
+            (Observed::new(io, watch), gate)
         };
         let mut buf = [0; 64];
 
         // The end, then h2's shutdown.
-        let (mut io, gate) = watched(vec![Ok(settings.clone())]);
+        let (mut io, gate) = watched(Builder::new().read(&settings));
         assert_eq!(io.read(&mut buf).await.unwrap(), settings.len());
         assert!(open(&gate), "frames only");
         assert_eq!(io.read(&mut []).await.unwrap(), 0);
@@ -802,7 +766,7 @@ mod tests {
         );
 
         // The end, then another read.
-        let (mut io, gate) = watched(vec![]);
+        let (mut io, gate) = watched(&mut Builder::new());
         assert_eq!(io.read(&mut buf).await.unwrap(), 0);
         assert!(!open(&gate));
         assert_eq!(io.read(&mut buf).await.unwrap(), 0);
@@ -811,7 +775,8 @@ mod tests {
         assert!(open(&gate));
 
         // A read error, then the connection dropped.
-        let (mut io, gate) = watched(vec![reset()]);
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        let (mut io, gate) = watched(Builder::new().read_error(reset));
         io.read(&mut buf).await.unwrap_err();
         assert!(!open(&gate), "a read error was handed to the reader");
         drop(io);
@@ -819,7 +784,7 @@ mod tests {
 
         // The end in the middle of a GOAWAY: released by the reader's next step all the same.
         let goaway = frame(GOAWAY, &[0, 0, 0, 1, 0, 0, 0, 0]);
-        let (mut io, gate) = watched(vec![Ok(goaway[..12].to_vec())]);
+        let (mut io, gate) = watched(Builder::new().read(&goaway[..12]));
         assert_eq!(io.read(&mut buf).await.unwrap(), 12);
         assert!(!open(&gate), "a GOAWAY's first bytes");
         assert_eq!(io.read(&mut buf).await.unwrap(), 0);
