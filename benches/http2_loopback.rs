@@ -382,7 +382,7 @@ async fn clients() -> Clients {
             .await
             .expect("the balanced channel listens");
     }
-    let (balanced, set) = balanced(&replicas, Http2Connector::new()).await;
+    let (balanced, set) = connect_balanced(&replicas, Http2Connector::new()).await;
 
     Clients {
         raw_h2,
@@ -402,7 +402,7 @@ async fn clients() -> Clients {
 
 /// The balanced client over the servers at `addresses`, once each replica is connected, and
 /// the set that keeps the replicas' connections.
-async fn balanced(
+async fn connect_balanced(
     addresses: &[SocketAddr],
     connector: Http2Connector<Grpc>,
 ) -> (OursBalanced, ReplicaSet<String, Http2Connection<Grpc>>) {
@@ -601,7 +601,7 @@ async fn only(client: &str, mode: &str, n: usize) {
                 }
                 "ours_balanced" => {
                     let connector = tune(Http2Connector::new(), setting);
-                    let (client, _set) = balanced(&c.replica_addresses, connector).await;
+                    let (client, _set) = connect_balanced(&c.replica_addresses, connector).await;
                     run!(client)
                 }
                 _ => panic!("unknown client {other}"),
